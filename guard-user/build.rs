@@ -1,0 +1,27 @@
+//! Builds the guard-ebpf programs for the BPF target with the pinned nightly, the current aya
+//! template way; the object is embedded into the binaries with `include_bytes_aligned!`.
+use anyhow::{Context as _, anyhow};
+
+/// Keep in sync with xtask's EBPF_TOOLCHAIN (setup installs it with rust-src).
+const EBPF_TOOLCHAIN: &str = "nightly-2026-10-20";
+
+fn main() -> anyhow::Result<()> {
+    let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
+        .no_deps()
+        .exec()
+        .context("cargo metadata")?;
+    let ebpf = packages
+        .into_iter()
+        .find(|p| p.name.as_str() == "guard-ebpf")
+        .ok_or_else(|| anyhow!("guard-ebpf package not found"))?;
+    let root_dir = ebpf
+        .manifest_path
+        .parent()
+        .ok_or_else(|| anyhow!("guard-ebpf manifest has no parent"))?;
+    let package = aya_build::Package {
+        name: ebpf.name.as_str(),
+        root_dir: root_dir.as_str(),
+        ..Default::default()
+    };
+    aya_build::build_ebpf([package], aya_build::Toolchain::Custom(EBPF_TOOLCHAIN))
+}

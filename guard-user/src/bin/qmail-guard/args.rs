@@ -1,0 +1,125 @@
+//! Command line of qmail-guard (DESIGN §6).
+use std::{net::IpAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use guard_user::guard::DEFAULT_PIN_DIR;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "qmail-guard",
+    version,
+    about = "Kernel-enforced guard against qmail connecting to itself (NAT/MX loops)",
+    long_about = "qmail-guard attaches cgroup connect4/connect6 eBPF programs to qmail's cgroup. \
+A connect from that cgroup to a guarded port (25 by default) at one of this host's own addresses \
+(interfaces, local routes, 127/8, 0/8, ::, ::1 and control/moreipme, minus control/notipme) is \
+refused with ELOOP before any packet is sent; the Rust qmail-remote turns that into a permanent \
+#5.4.6 bounce instead of a mail loop."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the programs, fill the maps, attach to a cgroup, pin everything, then exit.
+    /// The guard stays in force after this process exits. Attaching twice is a no-op.
+    Attach {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        home: Home,
+        /// Guarded destination port (repeat for several). Applies to every attached cgroup.
+        #[arg(long = "port", value_name = "N", default_values_t = [guard_common::DEFAULT_PORT])]
+        ports: Vec<u16>,
+        #[command(flatten)]
+        pins: Pins,
+    },
+    /// Remove the guard from a cgroup (or from all); when nothing stays attached, also remove
+    /// the pinned programs and maps.
+    Detach {
+        #[command(flatten)]
+        target: DetachTarget,
+        #[command(flatten)]
+        pins: Pins,
+    },
+    /// Recompute the ipme set and update the pinned maps by difference (add before remove).
+    /// An invalid control file changes nothing.
+    Sync {
+        #[command(flatten)]
+        home: Home,
+        #[command(flatten)]
+        pins: Pins,
+    },
+    /// Show attachments, entries per source, guarded ports and refusal counters.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        pins: Pins,
+    },
+    /// Print every entry of the ipme set computed now, with its source.
+    Print {
+        #[command(flatten)]
+        home: Home,
+    },
+    /// Would a connect to ADDR:PORT from the guarded cgroup be refused?
+    /// Exit 0 = refused, 1 = allowed, 2 = error. Uses the pinned maps when attached, else the
+    /// set computed now (with port 25 guarded).
+    Check {
+        /// Destination address (IPv4 or IPv6).
+        addr: IpAddr,
+        /// Destination port.
+        #[arg(default_value_t = guard_common::DEFAULT_PORT)]
+        port: u16,
+        #[command(flatten)]
+        home: Home,
+        #[command(flatten)]
+        pins: Pins,
+    },
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct Target {
+    /// A cgroup2 directory, e.g. /sys/fs/cgroup/system.slice/qmail.service.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// A systemd unit whose cgroup to use (resolved with systemctl).
+    #[arg(long, value_name = "NAME")]
+    pub unit: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct DetachTarget {
+    /// A cgroup2 directory.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// A systemd unit whose cgroup to use.
+    #[arg(long, value_name = "NAME")]
+    pub unit: Option<String>,
+    /// Every attachment under the pin directory.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Home {
+    /// qmail's home directory (control/moreipme and control/notipme are read from it).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "QMAILHOME",
+        default_value = "/var/qmail"
+    )]
+    pub qmail_home: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct Pins {
+    /// bpffs directory holding the pinned maps, programs and links.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+}

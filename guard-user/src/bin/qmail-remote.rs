@@ -1,0 +1,15 @@
+//! qmail-remote drop-in: see `guard_user::remote`.
+//!
+//! `no_main`: std's runtime setup (stack-guard probing through /proc/self/maps, the
+//! sigaltstack handler, the fd 0-2 poll) costs about 20 system calls per delivery and nothing
+//! here needs it; `remote::main` ignores SIGPIPE itself, and argv still comes from std (glibc
+//! passes it to std's init_array hook).
+#![no_main]
+
+#[unsafe(no_mangle)]
+extern "C" fn main(
+    _argc: std::ffi::c_int,
+    _argv: *const *const std::ffi::c_char,
+) -> std::ffi::c_int {
+    guard_user::remote::main()
+}

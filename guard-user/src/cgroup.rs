@@ -1,0 +1,188 @@
+//! Finding and validating the cgroup2 directory the guard attaches to.
+//!
+//! The cgroup2 mount point differs between hosts (`/sys/fs/cgroup` on unified hosts,
+//! `/sys/fs/cgroup/unified` on hybrid ones), so it is read from /proc/self/mountinfo.
+use std::{
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+/// statfs(2) magic of a cgroup2 filesystem.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error(
+        "no cgroup2 filesystem is mounted (none in /proc/self/mountinfo); mount one with `mount -t cgroup2 none /sys/fs/cgroup`"
+    )]
+    NoCgroup2,
+    #[error("cannot read /proc/self/mountinfo: {0}")]
+    Mountinfo(#[source] std::io::Error),
+    #[error(
+        "cgroup {0} does not exist (is the service running? systemd creates a unit's cgroup when it starts)"
+    )]
+    Missing(PathBuf),
+    #[error(
+        "{0} is not a cgroup2 directory (it is not on the cgroup2 mount {1}); pass a directory under {1}"
+    )]
+    NotCgroup2(PathBuf, PathBuf),
+    #[error("cannot inspect {0}: {1}")]
+    Stat(PathBuf, #[source] std::io::Error),
+    #[error("cannot run systemctl to find the cgroup of unit {0}: {1}")]
+    Systemctl(String, #[source] std::io::Error),
+    #[error("systemd reports no cgroup for unit {0} (is it loaded and running?): {1}")]
+    NoUnitCgroup(String, String),
+}
+
+/// A validated cgroup2 directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    pub path: PathBuf,
+    /// The cgroup id, i.e. the inode number of its directory (what bpftool and the kernel show).
+    pub id: u64,
+}
+
+/// The first cgroup2 mount point in /proc/self/mountinfo.
+pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
+    let text = fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::Mountinfo)?;
+    parse_cgroup2_mount(&text).ok_or(CgroupError::NoCgroup2)
+}
+
+/// mountinfo(5): `id parent maj:min root mountpoint options [optional…] - fstype source super`.
+fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        if fstype != "cgroup2" {
+            return None;
+        }
+        let mount_point = left.split_whitespace().nth(4)?;
+        Some(PathBuf::from(unescape_octal(mount_point)))
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 4 <= b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Cgroup {
+    /// Validates that `path` is an existing directory on a cgroup2 filesystem.
+    pub fn from_path(path: &Path) -> Result<Self, CgroupError> {
+        let meta = match fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(CgroupError::Missing(path.to_path_buf()));
+            }
+            Err(e) => return Err(CgroupError::Stat(path.to_path_buf(), e)),
+        };
+        let fs_type = statfs_type(path).map_err(|e| CgroupError::Stat(path.to_path_buf(), e))?;
+        if !meta.is_dir() || fs_type != CGROUP2_SUPER_MAGIC {
+            let mount = cgroup2_mount().unwrap_or_else(|_| PathBuf::from("/sys/fs/cgroup"));
+            return Err(CgroupError::NotCgroup2(path.to_path_buf(), mount));
+        }
+        Ok(Cgroup {
+            path: path.to_path_buf(),
+            id: meta.ino(),
+        })
+    }
+
+    /// The cgroup of a systemd unit (`systemctl show -p ControlGroup --value UNIT`).
+    pub fn from_unit(unit: &str) -> Result<Self, CgroupError> {
+        let out = Command::new("systemctl")
+            .args(["show", "-p", "ControlGroup", "--value", "--", unit])
+            .output()
+            .map_err(|e| CgroupError::Systemctl(unit.to_string(), e))?;
+        let rel = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() || rel.is_empty() {
+            let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            let why = if why.is_empty() {
+                "empty ControlGroup".to_string()
+            } else {
+                why
+            };
+            return Err(CgroupError::NoUnitCgroup(unit.to_string(), why));
+        }
+        let mount = cgroup2_mount()?;
+        Self::from_path(&mount.join(rel.trim_start_matches('/')))
+    }
+
+    /// Finds the directory of a cgroup id under the cgroup2 mount (for status output).
+    pub fn path_of_id(id: u64) -> Option<PathBuf> {
+        let root = cgroup2_mount().ok()?;
+        let mut stack = vec![root];
+        while let Some(dir) = stack.pop() {
+            let meta = fs::metadata(&dir).ok()?;
+            if meta.ino() == id {
+                return Some(dir);
+            }
+            if let Ok(rd) = fs::read_dir(&dir) {
+                stack.extend(
+                    rd.flatten()
+                        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                        .map(|e| e.path()),
+                );
+            }
+        }
+        None
+    }
+}
+
+/// statfs(2) f_type of the filesystem holding `path`.
+pub fn statfs_type(path: &Path) -> std::io::Result<i64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid NUL-terminated path and an out-pointer to a statfs struct.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between libc targets
+    Ok(st.f_type as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_in_hybrid_mountinfo() {
+        let text = "\
+25 1 0:23 / /sys/fs/cgroup ro,nosuid shared:9 - tmpfs tmpfs ro,mode=755
+26 25 0:24 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw
+27 25 0:25 / /sys/fs/cgroup/cpu rw shared:11 - cgroup cgroup rw,cpu
+";
+        assert_eq!(
+            parse_cgroup2_mount(text),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+    }
+
+    #[test]
+    fn no_cgroup2_and_escapes() {
+        assert_eq!(
+            parse_cgroup2_mount("1 0 0:1 / / rw - ext4 /dev/sda rw\n"),
+            None
+        );
+        let text = "30 1 0:30 / /mnt/my\\040cg rw - cgroup2 none rw\n";
+        assert_eq!(parse_cgroup2_mount(text), Some(PathBuf::from("/mnt/my cg")));
+    }
+}

@@ -1,0 +1,45 @@
+//! The kernel guard: loading the programs, pinning, attaching to cgroups and keeping the maps.
+pub mod attach;
+pub mod maps;
+pub mod object;
+pub mod pins;
+pub mod status;
+
+use std::path::PathBuf;
+
+pub use attach::{AttachReport, attach, detach};
+pub use maps::{GuardMaps, SyncReport};
+pub use pins::{DEFAULT_PIN_DIR, Hook, PinDir};
+pub use status::{Status, status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error(transparent)]
+    Ipme(#[from] crate::ipme::IpmeError),
+    #[error(
+        "{0} is not on a bpffs; mount one there (`mount -t bpf bpf {0}`) or use --pin-dir under /sys/fs/bpf"
+    )]
+    NoBpffs(PathBuf),
+    #[error("cannot mount bpffs on /sys/fs/bpf: {0}")]
+    MountBpffs(#[source] std::io::Error),
+    #[error("pin path {0}: {1}")]
+    PinIo(PathBuf, #[source] std::io::Error),
+    #[error(
+        "qmail-guard is not attached with pin directory {0} (no pinned maps); run `qmail-guard attach` first"
+    )]
+    NotAttached(PathBuf),
+    #[error("cannot open pinned map {0}: {1}")]
+    OpenMap(PathBuf, #[source] aya::maps::MapError),
+    #[error("BPF map operation failed: {0}")]
+    Map(#[source] aya::maps::MapError),
+    #[error(
+        "the kernel refused the guard programs ({0}); it needs BPF, BTF and cgroup-bpf (CONFIG_CGROUP_BPF) and root"
+    )]
+    Load(String),
+    #[error("cannot attach to cgroup {0}: {1}")]
+    Attach(PathBuf, String),
+    #[error("pinned link {0}: {1}")]
+    Link(PathBuf, String),
+}

@@ -1,0 +1,102 @@
+//! What `qmail-guard status` reports: attachments, entries per source, ports, counters.
+use std::collections::BTreeMap;
+
+use aya::programs::links::{FdLink, PinnedLink};
+use serde::Serialize;
+
+use super::{GuardError, GuardMaps, PinDir};
+use crate::cgroup::Cgroup;
+
+#[derive(Debug, Serialize)]
+pub struct Attachment {
+    pub cgroup_id: u64,
+    /// Directory of the cgroup, or None when it no longer exists.
+    pub cgroup: Option<String>,
+    pub hook: &'static str,
+    pub link_id: Option<u32>,
+    pub program_id: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub pin_dir: String,
+    pub attachments: Vec<Attachment>,
+    pub ports: Vec<u16>,
+    pub entries_v4: usize,
+    pub entries_v6: usize,
+    /// Entries per source tag name (builtin, interface, local-route, moreipme, notipme).
+    pub entries_by_source: BTreeMap<&'static str, usize>,
+    pub refused_v4: u64,
+    pub refused_v6: u64,
+}
+
+pub fn status(pins: &PinDir) -> Result<Status, GuardError> {
+    let maps = GuardMaps::open(pins)?;
+    let (v4, v6) = (maps.read_v4()?, maps.read_v6()?);
+    let mut by_source = BTreeMap::new();
+    for tag in v4.values().chain(v6.values()) {
+        *by_source.entry(guard_common::tag::name(*tag)).or_insert(0) += 1;
+    }
+    let stats = maps.stats()?;
+    let attachments = pins
+        .pinned_links()
+        .into_iter()
+        .map(|(cgroup_id, hook, path)| {
+            let info = PinnedLink::from_pin(&path)
+                .ok()
+                .and_then(|l| FdLink::from(l).info().ok());
+            Attachment {
+                cgroup_id,
+                cgroup: Cgroup::path_of_id(cgroup_id).map(|p| p.display().to_string()),
+                hook: hook.name(),
+                link_id: info.as_ref().map(|i| i.id()),
+                program_id: info.as_ref().map(|i| i.program_id()),
+            }
+        })
+        .collect();
+    Ok(Status {
+        pin_dir: pins.root.display().to_string(),
+        attachments,
+        ports: maps.ports()?.into_iter().collect(),
+        entries_v4: v4.len(),
+        entries_v6: v6.len(),
+        entries_by_source: by_source,
+        refused_v4: stats.refused_v4,
+        refused_v6: stats.refused_v6,
+    })
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "pin directory: {}", self.pin_dir)?;
+        if self.attachments.is_empty() {
+            writeln!(f, "attachments:   none")?;
+        }
+        for a in &self.attachments {
+            let cg = a.cgroup.as_deref().unwrap_or("(cgroup gone)");
+            let link = a
+                .link_id
+                .map_or("dead".to_string(), |i| format!("link {i}"));
+            writeln!(
+                f,
+                "attached:      {} {} (cgroup id {}, {link})",
+                a.hook, cg, a.cgroup_id
+            )?;
+        }
+        let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
+        writeln!(f, "guarded ports: {}", ports.join(" "))?;
+        writeln!(
+            f,
+            "entries:       {} IPv4, {} IPv6",
+            self.entries_v4, self.entries_v6
+        )?;
+        for (source, n) in &self.entries_by_source {
+            writeln!(f, "  {source:<12} {n}")?;
+        }
+        write!(
+            f,
+            "refused:       {} IPv4, {} IPv6",
+            self.refused_v4, self.refused_v6
+        )
+    }
+}

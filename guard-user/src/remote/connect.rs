@@ -1,0 +1,348 @@
+//! TCP connect with a timeout (stock timeoutconn.c) and the connected socket with per-operation
+//! timeouts (timeoutread/timeoutwrite).
+//!
+//! The socket stays non-blocking; every read or write waits at most the timeout for progress,
+//! like stock's select-then-read. TCP_NODELAY is set because the dialogue is strictly
+//! request/response: without it the last segment of DATA waits for a delayed ACK (~40 ms).
+
+use std::io;
+use std::mem::size_of;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// A connect attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The qmail-guard kernel hook refused the address (it is this host): perm_ambigmx.
+    #[error("connect refused by qmail-guard (ELOOP): the address is this host")]
+    Guard,
+    /// The socket could not be created.
+    #[error("cannot create socket: {0}")]
+    Socket(#[source] io::Error),
+    /// The connect failed or timed out; `timeout` counts for tcpto.
+    #[error("connect failed: {source}")]
+    Failed {
+        /// ETIMEDOUT (ours or the kernel's).
+        timeout: bool,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Seconds from a control file to a poll(2) timeout; non-positive means "do not wait".
+pub fn poll_ms(secs: i32) -> i32 {
+    if secs <= 0 {
+        0
+    } else {
+        (i64::from(secs) * 1000).min(i64::from(i32::MAX)) as i32
+    }
+}
+
+/// Waits until `fd` is ready for `events`; `Ok(false)` on timeout.
+fn wait(fd: RawFd, events: libc::c_short, timeout_ms: i32) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd for the duration of the call.
+        let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+        match r {
+            0 => return Ok(false),
+            r if r > 0 => return Ok(true),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+fn failed(e: io::Error) -> ConnectError {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        return ConnectError::Guard;
+    }
+    ConnectError::Failed {
+        timeout: e.raw_os_error() == Some(libc::ETIMEDOUT),
+        source: e,
+    }
+}
+
+/// Connects to `ip:port`, waiting at most `timeout_ms`.
+pub fn connect(ip: IpAddr, port: u16, timeout_ms: i32) -> Result<OwnedFd, ConnectError> {
+    let family = if ip.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let raw = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if raw == -1 {
+        return Err(ConnectError::Socket(io::Error::last_os_error()));
+    }
+    // SAFETY: raw is a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let r = match ip {
+        IpAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: port.to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sin is a valid sockaddr_in of the given length.
+            unsafe {
+                libc::connect(
+                    fd.as_raw_fd(),
+                    (&raw const sin).cast(),
+                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            }
+        }
+        IpAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: port.to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: sin6 is a valid sockaddr_in6 of the given length.
+            unsafe {
+                libc::connect(
+                    fd.as_raw_fd(),
+                    (&raw const sin6).cast(),
+                    size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
+            }
+        }
+    };
+    if r == -1 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(failed(e));
+        }
+        match wait(fd.as_raw_fd(), libc::POLLOUT, timeout_ms) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(ConnectError::Failed {
+                    timeout: true,
+                    source: io::Error::from_raw_os_error(libc::ETIMEDOUT),
+                });
+            }
+            Err(e) => return Err(failed(e)),
+        }
+        let mut err: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: err/len are valid for writes of the sizes given.
+        let r = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                (&raw mut err).cast(),
+                &mut len,
+            )
+        };
+        if r == -1 {
+            return Err(failed(io::Error::last_os_error()));
+        }
+        if err != 0 {
+            return Err(failed(io::Error::from_raw_os_error(err)));
+        }
+    }
+    let one: libc::c_int = 1;
+    // SAFETY: one is a valid c_int for the duration of the call. Failure only costs latency.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&raw const one).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    Ok(fd)
+}
+
+/// A connected SMTP socket with per-operation timeouts and a read buffer.
+pub struct Conn {
+    fd: OwnedFd,
+    timeout_ms: i32,
+    buf: Vec<u8>,
+    pos: usize,
+    len: usize,
+}
+
+impl Conn {
+    /// Wraps a connected non-blocking socket.
+    pub fn new(fd: OwnedFd, timeout_ms: i32) -> Self {
+        Conn {
+            fd,
+            timeout_ms,
+            buf: vec![0; 4096],
+            pos: 0,
+            len: 0,
+        }
+    }
+
+    /// Next byte from the peer. EOF, errors and timeouts are all errors ("connection died").
+    pub fn byte(&mut self) -> io::Result<u8> {
+        if self.pos == self.len {
+            self.fill()?;
+        }
+        let b = self.buf[self.pos];
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn fill(&mut self) -> io::Result<()> {
+        loop {
+            if !wait(self.fd.as_raw_fd(), libc::POLLIN, self.timeout_ms)? {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            // SAFETY: buf is valid for buf.len() bytes of writes.
+            let r = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len(),
+                )
+            };
+            match r {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                r if r > 0 => {
+                    self.pos = 0;
+                    self.len = r as usize;
+                    return Ok(());
+                }
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if !matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                    ) {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes everything, waiting at most the timeout for each bit of progress.
+    pub fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            // SAFETY: data is valid for data.len() bytes of reads. MSG_NOSIGNAL: a closed peer
+            // is an error here, never a SIGPIPE.
+            let r = unsafe {
+                libc::send(
+                    self.fd.as_raw_fd(),
+                    data.as_ptr().cast(),
+                    data.len(),
+                    libc::MSG_NOSIGNAL,
+                )
+            };
+            if r >= 0 {
+                data = &data[r as usize..];
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => {}
+                io::ErrorKind::WouldBlock => {
+                    if !wait(self.fd.as_raw_fd(), libc::POLLOUT, self.timeout_ms)? {
+                        return Err(io::ErrorKind::TimedOut.into());
+                    }
+                }
+                _ => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// One non-blocking attempt, result ignored: used for QUIT, whose outcome changes nothing.
+    pub fn send_and_forget(&mut self, data: &[u8]) {
+        // SAFETY: data is valid for data.len() bytes of reads.
+        unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                data.as_ptr().cast(),
+                data.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    #[test]
+    fn connect_refused_and_ok() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let fd = connect("127.0.0.1".parse().unwrap(), port, 5000).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        let mut c = Conn::new(fd, 5000);
+        s.write_all(b"220 hi\r\n").unwrap();
+        assert_eq!(c.byte().unwrap(), b'2');
+        c.write_all(b"QUIT\r\n").unwrap();
+        let mut b = [0u8; 6];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"QUIT\r\n");
+        drop(s);
+        for _ in 0..7 {
+            c.byte().unwrap();
+        }
+        assert_eq!(c.byte().unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        drop(l);
+        match connect("127.0.0.1".parse().unwrap(), port, 5000) {
+            Err(ConnectError::Failed {
+                timeout: false,
+                source,
+            }) => {
+                assert_eq!(source.raw_os_error(), Some(libc::ECONNREFUSED))
+            }
+            other => panic!("expected refused, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn read_timeout() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = connect(
+            l.local_addr().unwrap().ip(),
+            l.local_addr().unwrap().port(),
+            5000,
+        )
+        .unwrap();
+        let _s = l.accept().unwrap();
+        let mut c = Conn::new(fd, 50);
+        assert_eq!(c.byte().unwrap_err().kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[test]
+    fn ms() {
+        assert_eq!(poll_ms(0), 0);
+        assert_eq!(poll_ms(-5), 0);
+        assert_eq!(poll_ms(60), 60_000);
+        assert_eq!(poll_ms(i32::MAX), i32::MAX);
+    }
+}

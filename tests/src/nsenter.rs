@@ -1,0 +1,58 @@
+//! Putting a child process into a cgroup and a network namespace before it execs.
+//!
+//! Order matters: first the cgroup (through the cgroupfs of *our* mount namespace), then the
+//! netns with setns(2). `ip netns exec` would instead remount /sys and hide cgroupfs and bpffs.
+//! setns(CLONE_NEWNET) leaves the mount namespace alone, so the child still sees both.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+fn cstring(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("path without NUL bytes")
+}
+
+/// Arranges for the child spawned from `cmd` to join `cgroup_dir` (if given), then the network
+/// namespace bound at `netns_path`, between fork and exec.
+pub fn enter(cmd: &mut Command, cgroup_dir: Option<&Path>, netns_path: &Path) {
+    // Everything the hook needs is allocated here, in the parent: between fork and exec of a
+    // multi-threaded process only async-signal-safe calls are allowed.
+    let procs = cgroup_dir.map(|d| cstring(&d.join("cgroup.procs")));
+    let netns = cstring(netns_path);
+    let hook = move || -> io::Result<()> {
+        // SAFETY: only open/write/setns/close on pre-built C strings: async-signal-safe.
+        unsafe {
+            if let Some(procs) = &procs {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // "0" means the writing process itself.
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let err = io::Error::last_os_error();
+                libc::close(fd);
+                if n != 1 {
+                    return Err(err);
+                }
+            }
+            let fd = libc::open(netns.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let r = libc::setns(fd, libc::CLONE_NEWNET);
+            let err = io::Error::last_os_error();
+            libc::close(fd);
+            if r != 0 {
+                return Err(err);
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook is async-signal-safe (see above).
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
