@@ -1,1 +1,36 @@
-fn main() {}
+//! Build, setup and test driver: `cargo xtask setup|test|bench|demo`.
+mod bench;
+mod demo;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "qmail-guard build, setup, test, benchmark and demo driver")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what building and testing need (toolchains, rust-src, bpf-linker, apt packages,
+    /// bpffs). Idempotent: a second run takes seconds.
+    Setup(setup::Options),
+    /// Run setup, build everything, then run all unit and real-kernel integration tests (root).
+    Test(test::Options),
+    /// Run the benchmarks and write bench/results.md.
+    Bench(bench::Options),
+    /// Show the NAT loop and the guard stopping it, step by step, in network namespaces.
+    Demo(demo::Options),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup(o) => setup::run(&o),
+        Command::Test(o) => test::run(&o),
+        Command::Bench(o) => bench::run(&o),
+        Command::Demo(o) => demo::run(&o),
+    }
+}
