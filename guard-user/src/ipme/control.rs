@@ -29,11 +29,13 @@ pub fn parse_control(kind: ControlKind, text: &str) -> Result<Vec<Entry>, IpmeEr
         if content.is_empty() {
             continue;
         }
-        let net = parse_entry(content).map_err(|reason| IpmeError::Parse {
-            file: kind.file(),
-            line,
-            reason,
-        })?;
+        let net = parse_entry(content)
+            .and_then(|net| refuse_builtin_exception(kind, net))
+            .map_err(|reason| IpmeError::Parse {
+                file: kind.file(),
+                line,
+                reason,
+            })?;
         entries.push(Entry {
             net,
             source: kind.source(line),
@@ -54,6 +56,22 @@ pub fn read_control(qmail_home: &Path, kind: ControlKind) -> Result<Vec<Entry>, 
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(source) => Err(IpmeError::Read { path, source }),
     }
+}
+
+/// A notipme entry inside 0.0.0.0/8, 127.0.0.0/8, :: or ::1 would let qmail connect to
+/// itself (the kernel delivers those to this host whatever the entry says): refuse it, so the
+/// guard's always-local promise (DESIGN §4) holds.
+fn refuse_builtin_exception(kind: ControlKind, net: IpNet) -> Result<IpNet, String> {
+    if kind == ControlKind::NotIpme {
+        let net = canonical_net(net);
+        if let Some(b) = super::set::builtin_nets().find(|b| b.contains(&net)) {
+            return Err(format!(
+                "{net} is inside {b}, which always leads back to this host; it cannot be an \
+                 exception: remove this line"
+            ));
+        }
+    }
+    Ok(net)
 }
 
 /// Parse one trimmed, comment-free, non-empty entry. The error is the reason text.
@@ -454,5 +472,18 @@ mod tests {
         assert!(!e.is_parse());
 
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn notipme_cannot_exclude_builtins() {
+        for bad in ["127.0.0.2", "127.0.0.0/8", "0.0.0.0", "::1", "::", "::ffff:127.0.0.9"] {
+            let e = parse_control(ControlKind::NotIpme, &format!("# c\n{bad}\n")).unwrap_err();
+            let text = e.to_string();
+            assert!(text.starts_with("control/notipme:2: "), "{text}");
+            assert!(text.contains("always leads back to this host"), "{text}");
+        }
+        // The same lines are fine in moreipme, and a wider notipme is not an exception *inside*.
+        assert!(parse_control(ControlKind::MoreIpme, "127.0.0.2\n::1\n").is_ok());
+        assert!(parse_control(ControlKind::NotIpme, "0.0.0.0/0\n128.0.0.0/8\n").is_ok());
     }
 }

@@ -17,6 +17,13 @@ const BUILTINS: [(IpAddr, u8); 4] = [
     (IpAddr::V6(Ipv6Addr::LOCALHOST), 128),
 ];
 
+/// The built-in prefixes as networks.
+pub(super) fn builtin_nets() -> impl Iterator<Item = IpNet> {
+    BUILTINS
+        .into_iter()
+        .filter_map(|(addr, len)| IpNet::new(addr, len).ok())
+}
+
 /// The computed set: one entry per prefix, sorted by (address, prefix length), IPv4 first.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IpmeSet {
@@ -37,14 +44,10 @@ impl IpmeSet {
                 + inputs.moreipme.len()
                 + inputs.notipme.len(),
         );
-        for (addr, len) in BUILTINS {
-            if let Ok(net) = IpNet::new(addr, len) {
-                all.push(Entry {
-                    net,
-                    source: Source::Builtin,
-                });
-            }
-        }
+        all.extend(builtin_nets().map(|net| Entry {
+            net,
+            source: Source::Builtin,
+        }));
         for (name, addr) in &inputs.interfaces {
             all.push(Entry {
                 net: IpNet::from(addr.to_canonical()),
@@ -394,7 +397,8 @@ mod tests {
 
     #[test]
     fn notipme_can_carve_a_builtin() {
-        // moreipme-0.6: an explicit notipme inside a built-in range is honoured.
+        // compute keeps moreipme-0.6's longest-prefix rule; the parser is what rejects such
+        // notipme lines (control::tests::notipme_cannot_exclude_builtins).
         let inputs = Inputs {
             notipme: vec![not(1, "127.0.0.2/32")],
             ..Default::default()
