@@ -138,16 +138,13 @@ fn who() -> (u32, [u8; 16]) {
     (pid, bpf_get_current_comm().unwrap_or([0u8; 16]))
 }
 
-/// The NUL-terminated task name as a str. `from_utf8` is not used: its word-aligned fast path
-/// does pointer arithmetic the verifier rejects; aya-log's reader validates the bytes instead.
+/// The task name as a str of all 16 bytes; user space trims the NUL padding. Computing the
+/// length here would fork the verifier into 17 paths through the logging code (a second of
+/// verification per load).
 #[inline(always)]
 fn comm_str(comm: &[u8; 16]) -> &str {
-    let mut len = 0;
-    while len < comm.len() && comm[len] != 0 {
-        len += 1;
-    }
-    // SAFETY: only passed to the logger, which treats invalid UTF-8 as an error, not UB.
-    unsafe { core::str::from_utf8_unchecked(&comm[..len]) }
+    // SAFETY: only passed to the logger, which validates UTF-8 when it formats the record.
+    unsafe { core::str::from_utf8_unchecked(comm) }
 }
 
 #[inline(always)]
