@@ -1,13 +1,24 @@
 //! Build, setup and test driver: `cargo xtask setup|test|bench|demo`.
+mod apt;
 mod bench;
+mod bpf_linker;
+mod bpffs;
+mod cmd;
 mod demo;
+mod kit;
+mod root;
 mod setup;
 mod test;
+mod toolchain;
+mod workspace;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", about = "qmail-guard build, setup, test, benchmark and demo driver")]
+#[command(
+    name = "cargo xtask",
+    about = "qmail-guard build, setup, test, benchmark and demo driver"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,11 +37,19 @@ enum Command {
     Demo(demo::Options),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().command {
         Command::Setup(o) => setup::run(&o),
         Command::Test(o) => test::run(&o),
         Command::Bench(o) => bench::run(&o),
         Command::Demo(o) => demo::run(&o),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // The error chain on one line; no backtrace noise when RUST_BACKTRACE is set.
+        Err(e) => {
+            eprintln!("cargo xtask: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

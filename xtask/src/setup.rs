@@ -1,8 +1,21 @@
-//! `cargo xtask setup`.
+//! `cargo xtask setup`: toolchains, bpf-linker, apt packages, bpffs. Idempotent; each step
+//! checks first and prints one `ok:` line when there is nothing to do.
 
-#[derive(Debug, clap::Args)]
+use std::time::Instant;
+
+use crate::{apt, bpf_linker, bpffs, toolchain};
+
+#[derive(Debug, Default, clap::Args)]
 pub struct Options {}
 
 pub fn run(_o: &Options) -> anyhow::Result<()> {
-    anyhow::bail!("cargo xtask setup is not implemented yet")
+    let started = Instant::now();
+    toolchain::ensure(&toolchain::host()?)?;
+    let ebpf = toolchain::ebpf()?;
+    toolchain::ensure(&ebpf)?;
+    bpf_linker::ensure(&ebpf.name)?;
+    apt::ensure()?;
+    bpffs::ensure()?;
+    println!("setup done in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
 }

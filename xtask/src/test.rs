@@ -1,8 +1,114 @@
-//! `cargo xtask test`.
+//! `cargo xtask test`: setup, then format and lint checks, build, and every unit and real-kernel
+//! integration test. Lint failures do not stop the tests from running, but fail the run.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+
+use crate::{bpf_linker, cmd, root, setup, workspace};
+
+/// Only builds for bpfel-unknown-none (guard-user's build.rs does that); on the host its
+/// `#![no_main]` binary cannot link, so build and test skip it (clippy still checks it).
+const BPF_ONLY_CRATE: &str = "guard-ebpf";
+/// The variable tests/src/bins.rs reads to find the binaries under test.
+const BIN_DIR_ENV: &str = "QMAIL_GUARD_BIN_DIR";
 
 #[derive(Debug, clap::Args)]
-pub struct Options {}
+pub struct Options {
+    /// Skip `cargo xtask setup`.
+    #[arg(long)]
+    no_setup: bool,
+    /// Arguments for `cargo test --workspace` after `--`, e.g. `-- nat` or `-- -p guard-tests -- --nocapture`.
+    #[arg(last = true)]
+    cargo_test_args: Vec<OsString>,
+}
 
-pub fn run(_o: &Options) -> anyhow::Result<()> {
-    anyhow::bail!("cargo xtask test is not implemented yet")
+pub fn run(o: &Options) -> Result<()> {
+    let started = Instant::now();
+    if !o.no_setup {
+        setup::run(&setup::Options::default())?;
+    }
+    if !root::is_root() {
+        bail!(
+            "cargo xtask test must run as root: the integration tests create cgroups, network namespaces and BPF programs"
+        );
+    }
+    let bin_dir = workspace::target_dir()?.join("debug");
+    let path = path_with(&bpf_linker::bin_dir()?)?;
+    let cargo = |args: &[&str]| {
+        let mut c = Command::new("cargo");
+        c.args(args)
+            .current_dir(workspace::root())
+            .env("PATH", &path);
+        c
+    };
+
+    let mut failed = Vec::new();
+    for mut c in [
+        cargo(&["fmt", "--all", "--", "--check"]),
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    ] {
+        if let Err(e) = step(&mut c) {
+            eprintln!("FAILED: {e:#} (continuing with the tests)");
+            failed.push(e);
+        }
+    }
+    step(&mut cargo(&[
+        "build",
+        "--workspace",
+        "--exclude",
+        BPF_ONLY_CRATE,
+        "--bins",
+    ]))?;
+    let mut test = cargo(&["test", "--workspace", "--exclude", BPF_ONLY_CRATE]);
+    test.args(&o.cargo_test_args).env(BIN_DIR_ENV, &bin_dir);
+    if let Err(e) = step(&mut test) {
+        failed.push(e);
+    }
+
+    let secs = started.elapsed().as_secs_f64();
+    if !failed.is_empty() {
+        let list: Vec<String> = failed.iter().map(|e| format!("  {e:#}")).collect();
+        bail!(
+            "cargo xtask test failed after {secs:.0} s:\n{}",
+            list.join("\n")
+        );
+    }
+    println!("cargo xtask test: all checks and tests passed in {secs:.0} s");
+    Ok(())
+}
+
+/// Runs one step, announcing it and its duration.
+fn step(c: &mut Command) -> Result<()> {
+    println!("==> {}", cmd::display(c));
+    let t = Instant::now();
+    cmd::run(c)?;
+    println!(
+        "ok: {} ({:.0} s)",
+        cmd::display(c),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `$PATH` with `dir` moved to the front, so the build finds the bpf-linker that
+/// setup checked (also when `CARGO_INSTALL_ROOT` points elsewhere).
+fn path_with(dir: &Path) -> Result<OsString> {
+    let old = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<_> = std::env::split_paths(&old).collect();
+    if dirs.first().map(|d| d.as_path()) != Some(dir) {
+        dirs.retain(|d| d != dir);
+        dirs.insert(0, dir.to_path_buf());
+    }
+    Ok(std::env::join_paths(dirs)?)
 }

@@ -1,0 +1,165 @@
+//! The Debian packages the tests (and the people running them) use, installed with apt when
+//! missing. Extend `PACKAGES` when a test starts running a new program.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{cmd, root};
+
+/// A package and why it is needed.
+pub struct Package {
+    pub name: &'static str,
+    pub why: &'static str,
+}
+
+const fn p(name: &'static str, why: &'static str) -> Package {
+    Package { name, why }
+}
+
+pub const PACKAGES: &[Package] = &[
+    p("gcc", "cc links the host binaries"),
+    p("libc6-dev", "crt files and libc for linking"),
+    p("libc-bin", "ldd (checks bpf-linker's libLLVM)"),
+    p("bpftool", "tests and README recipes: map dump, cgroup show"),
+    p("nftables", "nft: the NAT (DNAT) tests"),
+    p(
+        "iproute2",
+        "ip netns / ip addr / ip route in the test topologies",
+    ),
+    p("util-linux", "nsenter, mount"),
+    p("procps", "sysctl in test netns"),
+    p("dnsmasq-base", "dnsmasq: DNS for the qmail-remote tests"),
+    p(
+        "exim4-daemon-light",
+        "a real MTA for the qmail-remote delivery test",
+    ),
+    p("strace", "debugging and syscall checks"),
+    p("time", "/usr/bin/time for CPU/time measurements"),
+    p("systemd", "systemctl (--unit) and systemd-analyze verify"),
+];
+
+/// Services some packages start on install; we keep them from running on the host (the tests
+/// run their own daemons inside network namespaces).
+const SERVICES: &[(&str, &str)] = &[("exim4-daemon-light", "exim4")];
+
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+/// Installs the missing packages (root needed only when something is missing).
+pub fn ensure() -> Result<()> {
+    let missing = missing_packages()?;
+    if missing.is_empty() {
+        println!(
+            "ok: apt packages present ({})",
+            PACKAGES
+                .iter()
+                .map(|p| p.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Ok(());
+    }
+    let names: Vec<&str> = missing.iter().map(|p| p.name).collect();
+    if !root::is_root() {
+        bail!(
+            "apt packages {} are missing: run `cargo xtask setup` as root to install them",
+            names.join(", ")
+        );
+    }
+    println!("installing apt packages {} …", names.join(", "));
+    for p in &missing {
+        println!("  {}: {}", p.name, p.why);
+    }
+    {
+        let _no_daemons = NoServiceStart::new()?;
+        cmd::run(apt_get().args(["update", "-q"]))?;
+        cmd::run(
+            apt_get()
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&names),
+        )?;
+    }
+    for (pkg, service) in SERVICES {
+        if names.contains(pkg) {
+            disable(service);
+        }
+    }
+    let still = missing_packages()?;
+    if !still.is_empty() {
+        bail!(
+            "apt packages still missing after install: {}",
+            still.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+        );
+    }
+    println!("ok: apt packages installed");
+    Ok(())
+}
+
+fn apt_get() -> Command {
+    let mut c = Command::new("apt-get");
+    c.env("DEBIAN_FRONTEND", "noninteractive");
+    c
+}
+
+fn missing_packages() -> Result<Vec<&'static Package>> {
+    let mut v = Vec::new();
+    for p in PACKAGES {
+        if !installed(p.name)? {
+            v.push(p);
+        }
+    }
+    Ok(v)
+}
+
+/// `dpkg-query -W -f='${Status}'` says `install ok installed` (it exits 1 for unknown packages).
+fn installed(name: &str) -> Result<bool> {
+    let out = cmd::probe(Command::new("dpkg-query").args(["-W", "-f=${Status}", name]))
+        .context("this setup needs Debian's dpkg/apt")?;
+    Ok(out.status.success()
+        && String::from_utf8_lossy(&out.stdout).trim() == "install ok installed")
+}
+
+/// Keeps the service from starting at boot (policy-rc.d kept it from starting now); best effort.
+fn disable(service: &str) {
+    let r = cmd::probe(Command::new("systemctl").args(["disable", service]));
+    match r {
+        Ok(o) if o.status.success() => println!("ok: disabled host service {service}"),
+        _ => println!(
+            "note: could not disable host service {service} (no systemd?); it was not started"
+        ),
+    }
+}
+
+/// While alive, `policy-rc.d` answers 101 so package scripts start no daemon. Leaves an
+/// existing policy-rc.d alone.
+struct NoServiceStart {
+    created: bool,
+}
+
+impl NoServiceStart {
+    fn new() -> Result<Self> {
+        let path = Path::new(POLICY_RC_D);
+        if fs::symlink_metadata(path).is_ok() {
+            return Ok(Self { created: false });
+        }
+        fs::write(
+            path,
+            "#!/bin/sh\n# cargo xtask setup: start no services during apt-get install\nexit 101\n",
+        )
+        .with_context(|| format!("cannot write {POLICY_RC_D}"))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("cannot chmod {POLICY_RC_D}"))?;
+        Ok(Self { created: true })
+    }
+}
+
+impl Drop for NoServiceStart {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = fs::remove_file(POLICY_RC_D);
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Ctrl-C (SIGINT) and SIGTERM: the first one only sets a flag. Every wait loop of the demo and
+//! the bench checks it and returns an error, so the Drop guards remove namespaces, cgroups and
+//! pins on the way out. The handler is one-shot (SA_RESETHAND): a second Ctrl-C kills at once.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_sig: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Installs the handler for SIGINT and SIGTERM.
+pub fn install() -> Result<()> {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: a zeroed sigaction with a plain handler that only stores an atomic.
+        let r = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            sa.sa_flags = libc::SA_RESETHAND;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut())
+        };
+        if r != 0 {
+            bail!(
+                "cannot install the signal handler: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Whether Ctrl-C or SIGTERM arrived.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Fails once interrupted, so `?` unwinds to the Drop guards.
+pub fn check() -> Result<()> {
+    if interrupted() {
+        bail!("interrupted: cleaning up");
+    }
+    Ok(())
+}
+
+/// Sleeps `d`, waking early (with an error) when interrupted.
+pub fn sleep(d: Duration) -> Result<()> {
+    let end = Instant::now() + d;
+    loop {
+        check()?;
+        let now = Instant::now();
+        if now >= end {
+            return Ok(());
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(20)));
+    }
+}
