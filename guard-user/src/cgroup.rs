@@ -124,6 +124,82 @@ impl Cgroup {
         Self::from_path(&mount.join(rel.trim_start_matches('/')))
     }
 
+    /// Where a unit's cgroup is, or will be once it starts: `ControlGroup` while the unit runs,
+    /// else derived from its `Slice` (systemd names a unit's cgroup `<slice path>/<unit>`), so
+    /// the daemon can wait for a unit that is not running yet.
+    pub fn unit_path(unit: &str) -> Result<PathBuf, CgroupError> {
+        let out = Command::new("systemctl")
+            .args(["show", "-p", "ControlGroup", "-p", "Slice", "--", unit])
+            .output()
+            .map_err(|e| CgroupError::Systemctl(unit.to_string(), e))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let prop = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+        };
+        let rel = match (prop("ControlGroup"), prop("Slice")) {
+            (Some(cg), _) => cg.trim_start_matches('/').to_string(),
+            (None, Some(slice)) if out.status.success() => {
+                let mut p = slice_path(slice);
+                p.push(unit);
+                p.to_string_lossy().into_owned()
+            }
+            _ => {
+                let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+                let why = if why.is_empty() {
+                    "neither ControlGroup nor Slice is set".to_string()
+                } else {
+                    why
+                };
+                return Err(CgroupError::NoUnitCgroup(unit.to_string(), why));
+            }
+        };
+        Ok(cgroup2_mount()?.join(rel))
+    }
+
+    /// Whether a cgroup with this id still exists: Some(false) once it was removed (even while
+    /// sockets still pin its memory), None when the kernel cannot tell us (then the caller
+    /// falls back to [`Cgroup::path_of_id`]). Uses open_by_handle_at(2): on cgroup2 a file
+    /// handle is the 64-bit cgroup id (FILEID_KERNFS), so this is one syscall, not a tree walk.
+    pub fn id_alive(id: u64) -> Option<bool> {
+        /// `struct file_handle` with room for the 8-byte kernfs id.
+        #[repr(C)]
+        struct KernfsHandle {
+            handle_bytes: libc::c_uint,
+            handle_type: libc::c_int,
+            f_handle: [u8; 8],
+        }
+        const FILEID_KERNFS: libc::c_int = 0xfe;
+        let mount = cgroup2_mount().ok()?;
+        let mount = fs::File::open(mount).ok()?;
+        let mut handle = KernfsHandle {
+            handle_bytes: 8,
+            handle_type: FILEID_KERNFS,
+            f_handle: id.to_ne_bytes(),
+        };
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: a valid file_handle header followed by handle_bytes of payload; the
+        // returned fd (if any) is closed right away.
+        let fd = unsafe {
+            libc::open_by_handle_at(
+                mount.as_raw_fd(),
+                std::ptr::from_mut(&mut handle).cast(),
+                libc::O_RDONLY | libc::O_CLOEXEC | libc::O_DIRECTORY,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: fd was just returned to us and is not used elsewhere.
+            unsafe { libc::close(fd) };
+            return Some(true);
+        }
+        match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::ESTALE) | Some(libc::ENOENT) => Some(false),
+            _ => None,
+        }
+    }
+
     /// Finds the directory of a cgroup id under the cgroup2 mount (for status output).
     pub fn path_of_id(id: u64) -> Option<PathBuf> {
         let root = cgroup2_mount().ok()?;
@@ -143,6 +219,23 @@ impl Cgroup {
         }
         None
     }
+}
+
+/// The cgroup directory of a slice relative to the cgroup2 mount: systemd nests slices by
+/// their dash-separated prefixes (`a-b.slice` lives in `a.slice/a-b.slice`); `-.slice` is the root.
+fn slice_path(slice: &str) -> PathBuf {
+    let mut path = PathBuf::new();
+    let Some(stem) = slice.strip_suffix(".slice") else {
+        return PathBuf::from(slice);
+    };
+    if stem == "-" || stem.is_empty() {
+        return path;
+    }
+    let parts: Vec<&str> = stem.split('-').collect();
+    for i in 1..=parts.len() {
+        path.push(format!("{}.slice", parts[..i].join("-")));
+    }
+    path
 }
 
 /// statfs(2) f_type of the filesystem holding `path`.
@@ -174,6 +267,33 @@ mod tests {
             parse_cgroup2_mount(text),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
+    }
+
+    #[test]
+    fn slice_paths_nest_by_prefix() {
+        assert_eq!(slice_path("system.slice"), PathBuf::from("system.slice"));
+        assert_eq!(slice_path("-.slice"), PathBuf::new());
+        assert_eq!(
+            slice_path("a-b-c.slice"),
+            PathBuf::from("a.slice/a-b.slice/a-b-c.slice")
+        );
+    }
+
+    /// Real kernel: our own cgroup exists, a made-up id does not.
+    #[test]
+    fn id_alive_of_own_and_bogus_cgroup() {
+        let Ok(mount) = cgroup2_mount() else { return };
+        let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let Some(rel) = own.lines().find_map(|l| l.strip_prefix("0::")) else {
+            return;
+        };
+        let dir = mount.join(rel.trim_start_matches('/'));
+        let Ok(meta) = fs::metadata(&dir) else { return };
+        // None: not permitted here (open_by_handle_at needs CAP_DAC_READ_SEARCH).
+        if let Some(alive) = Cgroup::id_alive(meta.ino()) {
+            assert!(alive);
+            assert_eq!(Cgroup::id_alive(u64::MAX - 7), Some(false));
+        }
     }
 
     #[test]

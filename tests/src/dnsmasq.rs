@@ -35,22 +35,33 @@ impl Dnsmasq {
     pub fn start(ns: &Netns, records: &[&str]) -> Dnsmasq {
         let etc = PathBuf::from("/etc/netns").join(ns.name());
         fs::create_dir_all(&etc).unwrap_or_else(|e| panic!("mkdir {}: {e}", etc.display()));
-        fs::write(etc.join("resolv.conf"), "nameserver 127.0.0.1\noptions timeout:2 attempts:2\n")
-            .expect("write resolv.conf");
+        fs::write(
+            etc.join("resolv.conf"),
+            "nameserver 127.0.0.1\noptions timeout:2 attempts:2\n",
+        )
+        .expect("write resolv.conf");
         let servfail = ServfailServer::start(ns);
         let conf = std::env::temp_dir().join(format!("{}-dnsmasq.conf", ns.name()));
         let mut c = String::from(
             "no-resolv\nno-hosts\nno-poll\nlisten-address=127.0.0.1\nbind-interfaces\nport=53\n\
              local=/test/\nlog-facility=-\nlog-queries\npid-file=\nuser=root\n",
         );
-        c.push_str(&format!("server=/servfail.test/127.0.0.1#{SERVFAIL_PORT}\n"));
+        c.push_str(&format!(
+            "server=/servfail.test/127.0.0.1#{SERVFAIL_PORT}\n"
+        ));
         for r in records {
             c.push_str(r);
             c.push('\n');
         }
         fs::write(&conf, c).expect("write dnsmasq.conf");
         let mut child = Command::new("ip")
-            .args(["netns", "exec", ns.name(), "dnsmasq", "--keep-in-foreground"])
+            .args([
+                "netns",
+                "exec",
+                ns.name(),
+                "dnsmasq",
+                "--keep-in-foreground",
+            ])
             .arg(format!("--conf-file={}", conf.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -79,7 +90,12 @@ impl Dnsmasq {
                 }
             }
         });
-        Dnsmasq { child, etc, conf, servfail: Some(servfail) }
+        Dnsmasq {
+            child,
+            etc,
+            conf,
+            servfail: Some(servfail),
+        }
     }
 }
 
@@ -103,19 +119,25 @@ impl ServfailServer {
     fn start(ns: &Netns) -> ServfailServer {
         let sock = in_netns(ns, || UdpSocket::bind(("127.0.0.1", SERVFAIL_PORT)))
             .unwrap_or_else(|e| panic!("bind servfail server: {e}"));
-        sock.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let thread = thread::spawn(move || {
             let mut buf = [0u8; 1500];
             while !s.load(Ordering::SeqCst) {
-                let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
                 if let Some(reply) = servfail_reply(&buf[..n]) {
                     let _ = sock.send_to(&reply, from);
                 }
             }
         });
-        ServfailServer { stop, thread: Some(thread) }
+        ServfailServer {
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 

@@ -47,7 +47,10 @@ impl QmailHome {
     /// Adds the qmail-remote parts to an existing home (e.g. a Guard's), which stays owned by
     /// its creator.
     pub fn borrow(dir: &Path) -> QmailHome {
-        let h = QmailHome { dir: dir.to_path_buf(), owned: false };
+        let h = QmailHome {
+            dir: dir.to_path_buf(),
+            owned: false,
+        };
         h.prepare();
         h
     }
@@ -93,7 +96,9 @@ impl QmailHome {
     /// Stores a message like qmail-queue would (queue/mess/0/N, mode 0644) and returns its path.
     pub fn queue_message(&self, msg: &[u8]) -> PathBuf {
         let n = MSG_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let p = self.dir.join(format!("queue/mess/0/{}{n}", std::process::id()));
+        let p = self
+            .dir
+            .join(format!("queue/mess/0/{}{n}", std::process::id()));
         fs::write(&p, msg).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).expect("chmod message");
         p
@@ -126,7 +131,12 @@ pub struct RemoteRun {
 impl RemoteRun {
     /// The records (grammar checked; exit status must be 0).
     pub fn records(&self) -> Vec<Vec<u8>> {
-        assert!(self.status.success(), "qmail-remote exited {} with {}", self.status, self.show());
+        assert!(
+            self.status.success(),
+            "qmail-remote exited {} with {}",
+            self.status,
+            self.show()
+        );
         rspawn::records(&self.output)
     }
 
@@ -146,7 +156,12 @@ impl RemoteRun {
         assert_eq!(self.show(), rspawn::show(output), "qmail-remote output");
         self.records();
         let c = self.condensed();
-        assert_eq!(c[0] as char, letter as char, "qmail-rspawn would report {}", rspawn::show(&c));
+        assert_eq!(
+            c[0] as char,
+            letter as char,
+            "qmail-rspawn would report {}",
+            rspawn::show(&c)
+        );
     }
 }
 
@@ -183,7 +198,10 @@ impl<'a> Invocation<'a> {
 
     /// Raw argv after argv[0] (for usage tests and 8-bit arguments).
     pub fn raw_args(mut self, args: &[&[u8]]) -> Self {
-        self.args = args.iter().map(|a| OsStr::from_bytes(a).to_os_string()).collect();
+        self.args = args
+            .iter()
+            .map(|a| OsStr::from_bytes(a).to_os_string())
+            .collect();
         self
     }
 
@@ -253,7 +271,8 @@ impl<'a> Invocation<'a> {
             cmd.env(k, v);
         }
         cmd.current_dir(self.home.path().join("queue/mess"));
-        let stdin = File::open(&msg_path).unwrap_or_else(|e| panic!("open {}: {e}", msg_path.display()));
+        let stdin =
+            File::open(&msg_path).unwrap_or_else(|e| panic!("open {}: {e}", msg_path.display()));
         let (mut reader, writer) = io::pipe().expect("pipe");
         cmd.stdin(Stdio::from(stdin));
         cmd.stdout(Stdio::from(writer.try_clone().expect("dup pipe")));
@@ -282,7 +301,9 @@ impl<'a> Invocation<'a> {
             }
         }
         let start = Instant::now();
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start qmail-remote: {e}"));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start qmail-remote: {e}"));
         // the parent's copies of the pipe's write end must go, or EOF never comes
         drop(cmd);
         let rd = thread::spawn(move || {
@@ -306,6 +327,10 @@ impl<'a> Invocation<'a> {
         if self.stdin.is_none() {
             let _ = fs::remove_file(&msg_path);
         }
-        RemoteRun { status, output, elapsed }
+        RemoteRun {
+            status,
+            output,
+            elapsed,
+        }
     }
 }

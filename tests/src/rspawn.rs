@@ -71,8 +71,15 @@ pub fn condense(status: ExitStatus, s: &[u8]) -> Vec<u8> {
 /// follows the grammar: recipient records (r/h/s) then exactly one K/Z/D record, every record
 /// NUL-terminated, nothing after — anything else (e.g. stray stderr text) would be misread.
 pub fn records(s: &[u8]) -> Vec<Vec<u8>> {
-    assert!(s.last() == Some(&0), "output does not end with NUL: {:?}", show(s));
-    let recs: Vec<Vec<u8>> = s[..s.len() - 1].split(|&b| b == 0).map(<[u8]>::to_vec).collect();
+    assert!(
+        s.last() == Some(&0),
+        "output does not end with NUL: {:?}",
+        show(s)
+    );
+    let recs: Vec<Vec<u8>> = s[..s.len() - 1]
+        .split(|&b| b == 0)
+        .map(<[u8]>::to_vec)
+        .collect();
     let (last, rcpts) = recs.split_last().expect("at least one record");
     assert!(
         matches!(last.first(), Some(b'K' | b'Z' | b'D')),
@@ -114,8 +121,17 @@ mod tests {
         assert_eq!(condense(ok(), b"r\0"), b"D");
         assert_eq!(condense(ok(), b"Kt"), b"D");
         assert_eq!(condense(ok(), b""), b"Zqmail-remote produced no output.\n");
-        assert_eq!(condense(ExitStatus::from_raw(9), b"Kx\0"), b"Zqmail-remote crashed.\n");
-        assert_eq!(condense(ExitStatus::from_raw(101 << 8), b"Kx\0"), b"DUnable to run qmail-remote.\n");
-        assert_eq!(condense(ExitStatus::from_raw(111 << 8), b"Kx\0"), b"ZUnable to run qmail-remote.\n");
+        assert_eq!(
+            condense(ExitStatus::from_raw(9), b"Kx\0"),
+            b"Zqmail-remote crashed.\n"
+        );
+        assert_eq!(
+            condense(ExitStatus::from_raw(101 << 8), b"Kx\0"),
+            b"DUnable to run qmail-remote.\n"
+        );
+        assert_eq!(
+            condense(ExitStatus::from_raw(111 << 8), b"Kx\0"),
+            b"ZUnable to run qmail-remote.\n"
+        );
     }
 }

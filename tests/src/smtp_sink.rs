@@ -21,10 +21,17 @@ use crate::netns::Netns;
 pub fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
     let path = ns.path();
     thread::spawn(move || {
-        let fd = File::open(&path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+        let fd =
+            File::open(&path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
         // SAFETY: setns on a descriptor we own, for this thread only.
         let r = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns {}: {}", path.display(), std::io::Error::last_os_error());
+        assert_eq!(
+            r,
+            0,
+            "setns {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
         f()
     })
     .join()
@@ -102,6 +109,8 @@ pub struct Session {
 /// A running server. Drop stops it.
 pub struct SmtpSink {
     addr: SocketAddr,
+    /// The listening socket (owned by the accept thread), shut down to wake a blocked accept.
+    listen_fd: std::os::fd::RawFd,
     stop: Arc<AtomicBool>,
     accepted: Arc<AtomicUsize>,
     sessions: Arc<Mutex<Vec<Session>>>,
@@ -112,21 +121,30 @@ impl SmtpSink {
     /// Listens on `addr` (port 0 picks one), inside `netns` if given, and serves `script` to
     /// every connection.
     pub fn start(netns: Option<&Netns>, addr: &str, script: Script) -> SmtpSink {
-        let addr: SocketAddr = addr.parse().unwrap_or_else(|e| panic!("bad address {addr}: {e}"));
+        let addr: SocketAddr = addr
+            .parse()
+            .unwrap_or_else(|e| panic!("bad address {addr}: {e}"));
         let bind = move || TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"));
         let listener = match netns {
             Some(ns) => in_netns(ns, bind),
             None => bind(),
         }
         .unwrap_or_else(|e| panic!("{e}"));
-        listener.set_nonblocking(true).expect("nonblocking listener");
         let addr = listener.local_addr().expect("local addr");
+        let listen_fd = listener.as_raw_fd();
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicUsize::new(0));
         let sessions = Arc::new(Mutex::new(Vec::new()));
         let (s, a, ss) = (stop.clone(), accepted.clone(), sessions.clone());
         let thread = thread::spawn(move || accept_loop(listener, script, s, a, ss));
-        SmtpSink { addr, stop, accepted, sessions, thread: Some(thread) }
+        SmtpSink {
+            addr,
+            listen_fd,
+            stop,
+            accepted,
+            sessions,
+            thread: Some(thread),
+        }
     }
 
     /// Where it listens.
@@ -164,7 +182,12 @@ impl SmtpSink {
     /// The only session; panics unless there was exactly one.
     pub fn one_session(&self) -> Session {
         let s = self.finished_sessions();
-        assert_eq!(s.len(), 1, "expected exactly one SMTP session at {}, got {s:?}", self.addr);
+        assert_eq!(
+            s.len(),
+            1,
+            "expected exactly one SMTP session at {}, got {s:?}",
+            self.addr
+        );
         s.into_iter().next().expect("one")
     }
 }
@@ -172,6 +195,12 @@ impl SmtpSink {
 impl Drop for SmtpSink {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        // On Linux, shutdown() on a listening socket makes a blocked accept() return EINVAL; the
+        // accept thread still owns (and closes) the socket, so the fd cannot have been reused.
+        // SAFETY: shutdown on a descriptor that stays open until the thread below is joined.
+        unsafe {
+            libc::shutdown(self.listen_fd, libc::SHUT_RDWR);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -186,6 +215,8 @@ fn accept_loop(
     sessions: Arc<Mutex<Vec<Session>>>,
 ) {
     let mut workers = Vec::new();
+    // blocking accept: the greeting goes out the moment a client connects (benchmarks measure
+    // qmail-remote's wall time through this server)
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((conn, peer)) => {
@@ -196,8 +227,11 @@ fn accept_loop(
                     sessions.lock().unwrap().push(s);
                 }));
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(5)),
-            Err(_) => thread::sleep(Duration::from_millis(5)),
+            Err(_) => {
+                if !stop.load(Ordering::SeqCst) {
+                    thread::sleep(Duration::from_millis(1));
+                }
+            }
         }
     }
     for w in workers {
@@ -206,7 +240,12 @@ fn accept_loop(
 }
 
 /// Reads one CRLF/LF-terminated line, recording it; None on EOF, error or stop.
-fn read_line(conn: &mut TcpStream, pending: &mut Vec<u8>, s: &mut Session, stop: &AtomicBool) -> Option<Vec<u8>> {
+fn read_line(
+    conn: &mut TcpStream,
+    pending: &mut Vec<u8>,
+    s: &mut Session,
+    stop: &AtomicBool,
+) -> Option<Vec<u8>> {
     loop {
         if let Some(i) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=i).collect();
@@ -222,7 +261,11 @@ fn read_line(conn: &mut TcpStream, pending: &mut Vec<u8>, s: &mut Session, stop:
                 s.received.extend_from_slice(&buf[..n]);
                 pending.extend_from_slice(&buf[..n]);
             }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
             Err(_) => return None,
         }
     }
@@ -242,7 +285,10 @@ fn stay_silent(conn: &mut TcpStream, pending: &mut Vec<u8>, s: &mut Session, sto
 }
 
 fn serve(mut conn: TcpStream, peer: SocketAddr, script: &Script, stop: &AtomicBool) -> Session {
-    let mut s = Session { peer: Some(peer), ..Session::default() };
+    let mut s = Session {
+        peer: Some(peer),
+        ..Session::default()
+    };
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(Duration::from_millis(50)));
     let mut pending = Vec::new();

@@ -26,6 +26,10 @@ pub fn attach(
 ) -> Result<AttachReport, GuardError> {
     let fresh = !pins.maps_pinned();
     pins.create()?;
+    let _lock = pins.lock()?;
+    // Links left by cgroups that are gone (a restarted service gets a new cgroup) would
+    // otherwise pile up in the pin directory.
+    prune_stale_locked(pins);
     let mut pinned_now = Vec::new();
     let result = attach_inner(pins, cgroup, set, ports, &mut pinned_now);
     if result.is_err() {
@@ -83,6 +87,88 @@ fn attach_inner(
     Ok(report)
 }
 
+/// Loads (or reuses) the programs and maps and fills the maps, without attaching anything:
+/// what the daemon does first, because the cgroup it guards may not exist yet (qmail-guard
+/// starts before qmail).
+pub fn prepare(
+    pins: &PinDir,
+    set: &IpmeSet,
+    ports: &BTreeSet<u16>,
+) -> Result<SyncReport, GuardError> {
+    pins.create()?;
+    let _lock = pins.lock()?;
+    object::programs(pins)?;
+    let mut maps = GuardMaps::open(pins)?;
+    maps.set_ports(ports)?;
+    maps.sync(set)
+}
+
+/// A pinned link removed because its cgroup no longer exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub cgroup_id: u64,
+    pub hook: Hook,
+}
+
+/// Unpins the links whose cgroup was removed. Such a link guards nothing (the kernel detached
+/// it with the cgroup) but would stay pinned forever and confuse `status`.
+pub fn prune_stale(pins: &PinDir) -> Result<Vec<Pruned>, GuardError> {
+    if !pins.root.exists() {
+        return Ok(Vec::new());
+    }
+    let _lock = pins.lock()?;
+    Ok(prune_stale_locked(pins))
+}
+
+fn prune_stale_locked(pins: &PinDir) -> Vec<Pruned> {
+    let mut pruned = Vec::new();
+    for (cgroup_id, hook, path) in pins.pinned_links() {
+        if link_cgroup_alive(cgroup_id, &path) == Some(false) && unpin_link(&path).is_ok() {
+            pruned.push(Pruned { cgroup_id, hook });
+        }
+    }
+    pruned
+}
+
+/// Some(false) when the link's cgroup is certainly gone: the kernel reports the link defunct
+/// (cgroup id 0) or the cgroup id no longer resolves. None when we cannot tell: keep it.
+fn link_cgroup_alive(cgroup_id: u64, path: &std::path::Path) -> Option<bool> {
+    match super::sys::cgroup_link_info(path) {
+        Ok(Some(info)) if info.cgroup_id == 0 => return Some(false),
+        // Not a link at all (a stray file): attach replaces such a pin anyway.
+        Ok(None) => return None,
+        _ => {}
+    }
+    Cgroup::id_alive(cgroup_id).or_else(|| Some(Cgroup::path_of_id(cgroup_id).is_some()))
+}
+
+/// Reads the attachment back from the kernel (BPF_PROG_QUERY on the cgroup): each hook must
+/// run our pinned program. Returns the largest number of times one of them is attached (1
+/// normally; more means duplicate links).
+pub fn verify(pins: &PinDir, cgroup: &Cgroup) -> Result<usize, GuardError> {
+    let mut most = 0;
+    for hook in Hook::ALL {
+        let prog = pins.prog(hook);
+        let id = aya::programs::ProgramInfo::from_pin(&prog)
+            .map_err(|e| GuardError::Link(prog.clone(), chain(&e)))?
+            .id();
+        let ids = super::sys::attached_programs(&cgroup.path, hook)
+            .map_err(|e| GuardError::Attach(cgroup.path.clone(), format!("BPF_PROG_QUERY: {e}")))?;
+        let n = ids.iter().filter(|&&i| i == id).count();
+        if n == 0 {
+            return Err(GuardError::Attach(
+                cgroup.path.clone(),
+                format!(
+                    "verification failed: the kernel does not run program {id} ({}) on this cgroup",
+                    hook.name()
+                ),
+            ));
+        }
+        most = most.max(n);
+    }
+    Ok(most)
+}
+
 /// An error with its causes on one line (aya's errors keep the errno in `source()`).
 pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -126,6 +212,10 @@ pub enum Detach {
 /// Removes the selected links; when none is left, also the programs, maps and pin directory.
 /// Returns the number of links removed.
 pub fn detach(pins: &PinDir, which: Detach) -> Result<usize, GuardError> {
+    if !pins.root.exists() {
+        return Ok(0);
+    }
+    let _lock = pins.lock()?;
     let mut removed = 0;
     for (id, _hook, path) in pins.pinned_links() {
         if matches!(which, Detach::Cgroup(c) if c != id) {
@@ -136,6 +226,7 @@ pub fn detach(pins: &PinDir, which: Detach) -> Result<usize, GuardError> {
     }
     if pins.pinned_links().is_empty() && pins.root.exists() {
         pins.remove_all()?;
+        super::state::remove(pins);
     }
     Ok(removed)
 }

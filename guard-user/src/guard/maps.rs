@@ -28,6 +28,19 @@ pub struct SyncReport {
     pub total: usize,
 }
 
+/// A key another writer removed meanwhile is as good as removed by us.
+fn gone_ok(r: Result<(), aya::maps::MapError>) -> Result<(), GuardError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => other.map_err(GuardError::Map),
+    }
+}
+
 fn open(pins: &PinDir, name: &str) -> Result<Map, GuardError> {
     let path = pins.map(name);
     let data = MapData::from_pin(&path).map_err(|e| GuardError::OpenMap(path.clone(), e))?;
@@ -92,14 +105,10 @@ impl GuardMaps {
                 .map_err(GuardError::Map)?;
         }
         for (len, data) in &d4.remove {
-            self.v4
-                .remove(&Key::new(*len, *data))
-                .map_err(GuardError::Map)?;
+            gone_ok(self.v4.remove(&Key::new(*len, *data)))?;
         }
         for (len, data) in &d6.remove {
-            self.v6
-                .remove(&Key::new(*len, *data))
-                .map_err(GuardError::Map)?;
+            gone_ok(self.v6.remove(&Key::new(*len, *data)))?;
         }
         Ok(SyncReport {
             upserted: d4.upsert.len() + d6.upsert.len(),

@@ -3,13 +3,15 @@ pub mod attach;
 pub mod maps;
 pub mod object;
 pub mod pins;
+pub mod state;
 pub mod status;
+pub mod sys;
 
 use std::path::PathBuf;
 
-pub use attach::{AttachReport, attach, detach};
+pub use attach::{AttachReport, Pruned, attach, detach, prepare, prune_stale, verify};
 pub use maps::{GuardMaps, SyncReport};
-pub use pins::{DEFAULT_PIN_DIR, Hook, PinDir};
+pub use pins::{DEFAULT_PIN_DIR, Hook, PinDir, PinLock};
 pub use status::{Status, status};
 
 #[derive(Debug, thiserror::Error)]

@@ -101,6 +101,26 @@ impl PinDir {
             .map_err(|e| GuardError::PinIo(self.root.clone(), e))
     }
 
+    /// Serialises the writers of this pin directory (`attach`, `detach`, `sync`, the daemon):
+    /// without it, `ExecStartPre=qmail-guard attach` and the daemon reacting to the same new
+    /// cgroup could both attach, leaving two links per hook. An advisory flock(2) on the
+    /// directory, released when the guard is dropped (also if the process dies).
+    pub fn lock(&self) -> Result<PinLock, GuardError> {
+        use std::os::fd::AsRawFd as _;
+        let dir =
+            fs::File::open(&self.root).map_err(|e| GuardError::PinIo(self.root.clone(), e))?;
+        loop {
+            // SAFETY: flock on an fd we own.
+            if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(PinLock { _dir: dir });
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(GuardError::PinIo(self.root.clone(), e));
+            }
+        }
+    }
+
     /// Whether the maps are pinned (i.e. the guard was attached with this pin directory).
     pub fn maps_pinned(&self) -> bool {
         self.map(guard_common::MAP_IPME_V4).exists()
@@ -119,6 +139,12 @@ impl PinDir {
         }
         remove_dir_if_exists(&self.root)
     }
+}
+
+/// Holds the pin directory's lock until dropped.
+#[derive(Debug)]
+pub struct PinLock {
+    _dir: fs::File,
 }
 
 fn remove_dir_if_exists(dir: &Path) -> Result<(), GuardError> {

@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 use aya::programs::links::{FdLink, PinnedLink};
 use serde::Serialize;
 
-use super::{GuardError, GuardMaps, PinDir};
+use super::{
+    GuardError, GuardMaps, PinDir,
+    state::{self, LastSync},
+};
 use crate::cgroup::Cgroup;
 
 #[derive(Debug, Serialize)]
@@ -28,6 +31,20 @@ pub struct Status {
     pub entries_by_source: BTreeMap<&'static str, usize>,
     pub refused_v4: u64,
     pub refused_v6: u64,
+    /// The last update of the maps (by `attach`, `sync` or the daemon), if recorded.
+    pub last_sync: Option<LastSync>,
+    /// The daemon keeping these pins current, if one ever ran since boot.
+    pub daemon: Option<DaemonStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub running: bool,
+    pub started_unix_time: u64,
+    pub targets: Vec<String>,
+    /// An input problem (e.g. a bad control line) while the last good set stays in force.
+    pub input_error: Option<String>,
 }
 
 pub fn status(pins: &PinDir) -> Result<Status, GuardError> {
@@ -54,7 +71,17 @@ pub fn status(pins: &PinDir) -> Result<Status, GuardError> {
             }
         })
         .collect();
+    let st = state::load(pins);
+    let daemon = st.daemon.map(|d| DaemonStatus {
+        pid: d.pid,
+        running: d.running(),
+        started_unix_time: d.started_unix_time,
+        targets: d.targets,
+        input_error: d.input_error,
+    });
     Ok(Status {
+        last_sync: st.last_sync,
+        daemon,
         pin_dir: pins.root.display().to_string(),
         attachments,
         ports: maps.ports()?.into_iter().collect(),
@@ -97,6 +124,55 @@ impl std::fmt::Display for Status {
             f,
             "refused:       {} IPv4, {} IPv6",
             self.refused_v4, self.refused_v6
-        )
+        )?;
+        match &self.last_sync {
+            Some(l) => write!(
+                f,
+                "\nlast sync:     {} ({}) by {} (pid {}): {} entries, {} written, {} removed",
+                when(l.unix_time),
+                ago(l.unix_time),
+                l.by,
+                l.pid,
+                l.entries,
+                l.upserted,
+                l.removed
+            )?,
+            None => write!(f, "\nlast sync:     not recorded")?,
+        }
+        match &self.daemon {
+            Some(d) if d.running => write!(
+                f,
+                "\ndaemon:        running (pid {}, since {}), guarding {}",
+                d.pid,
+                when(d.started_unix_time),
+                d.targets.join(" ")
+            )?,
+            Some(d) => write!(
+                f,
+                "\ndaemon:        not running (last pid {}): the guard stays in force but is not kept current",
+                d.pid
+            )?,
+            None => write!(
+                f,
+                "\ndaemon:        none (the maps change only with `qmail-guard sync`)"
+            )?,
+        }
+        if let Some(e) = self.daemon.as_ref().and_then(|d| d.input_error.as_ref()) {
+            write!(f, "\ninput error:   {e} (the last good set stays in force)")?;
+        }
+        Ok(())
     }
+}
+
+fn when(unix: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn ago(unix: u64) -> String {
+    let secs = state::now_unix().saturating_sub(unix);
+    format!(
+        "{} ago",
+        humantime::format_duration(std::time::Duration::from_secs(secs))
+    )
 }

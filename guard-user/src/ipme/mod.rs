@@ -28,7 +28,7 @@ pub use diff::{Diff, diff};
 pub use error::IpmeError;
 pub use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 pub use set::IpmeSet;
-pub use sources::{interfaces, local_routes};
+pub use sources::{interfaces, is_local_table_route, local_routes};
 
 use guard_common::tag;
 

@@ -54,14 +54,21 @@ fn dump_local_routes() -> io::Result<Option<Vec<(IpNet, String)>>> {
     let mut socket = Socket::new(NETLINK_ROUTE)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
+    // With strict checking (Linux >= 4.20) the kernel honours the table and type in the
+    // request and dumps only the local table, instead of every route (a full BGP table is a
+    // million); older kernels ignore the filter and `local_route` below still filters.
+    let _ = socket.set_netlink_get_strict_chk(true);
 
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     header.sequence_number = SEQ;
     // AF_UNSPEC: both families in one dump.
+    let mut filter = RouteMessage::default();
+    filter.header.table = RT_TABLE_LOCAL as u8;
+    filter.header.kind = RouteType::Local;
     let mut request = NetlinkMessage::new(
         header,
-        NetlinkPayload::from(RouteNetlinkMessage::GetRoute(RouteMessage::default())),
+        NetlinkPayload::from(RouteNetlinkMessage::GetRoute(filter)),
     );
     request.finalize();
     let mut out = vec![0u8; request.buffer_len()];
@@ -125,25 +132,37 @@ fn retry_eintr(mut f: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
     }
 }
 
+/// Whether a route (e.g. from a netlink notification) is an `RTN_LOCAL` route of the local
+/// table, i.e. one that changes the ipme set.
+pub fn is_local_table_route(route: &RouteMessage) -> bool {
+    route.header.kind == RouteType::Local && route_table(route) == RT_TABLE_LOCAL
+}
+
+/// Tables > 255 only appear in RTA_TABLE; the header byte is then RT_TABLE_COMPAT.
+fn route_table(route: &RouteMessage) -> u32 {
+    route
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(route.header.table))
+}
+
 /// The prefix and device of a route if it is an `RTN_LOCAL` route of the local table.
 fn local_route(route: &RouteMessage) -> Option<(IpNet, String)> {
-    if route.header.kind != RouteType::Local {
+    if !is_local_table_route(route) {
         return None;
     }
-    // Tables > 255 only appear in RTA_TABLE; the header byte is then RT_TABLE_COMPAT.
-    let mut table = u32::from(route.header.table);
     let mut dst = None;
     let mut oif = None;
     for attr in &route.attributes {
         match attr {
-            RouteAttribute::Table(t) => table = *t,
             RouteAttribute::Destination(a) => dst = Some(a),
             RouteAttribute::Oif(i) => oif = Some(*i),
             _ => {}
         }
-    }
-    if table != RT_TABLE_LOCAL {
-        return None;
     }
     let len = route.header.destination_prefix_length;
     // No RTA_DST means the zero prefix (`local default`).

@@ -17,7 +17,7 @@ use super::resolver::{Hickory, ResolverInitError};
 use super::routes::Relay;
 use super::smtp::{Envelope, Session};
 use super::tcpto::Tcpto;
-use crate::ipme::IpmeSet;
+use crate::ipme::{IpmeError, IpmeSet};
 
 /// The qmail home when `$QMAILHOME` is unset or empty. Set `QMAILHOME_DEFAULT` at build time to
 /// change it (stock: conf-qmail).
@@ -55,17 +55,10 @@ fn deliver(
     let relay = ctl.routes.route(&args.host);
     let sender = addrmangle(&args.sender);
     // Relays skip the loop rule (stock prefme 300000), so the ipme set is only needed without
-    // one. A bad moreipme/notipme line is a configuration error that the admin fixes: Z
-    // (temp_control), nothing is lost. Other failures are stock's temp_oserr.
+    // one.
     let ipme = match relay {
         Some(_) => None,
-        None => Some(IpmeSet::load(Path::new(".")).map_err(|e| {
-            if e.is_parse() {
-                Report::TempControl
-            } else {
-                Report::TempOserr
-            }
-        })?),
+        None => Some(IpmeSet::load(Path::new(".")).map_err(|e| ipme_failure(&e))?),
     };
     let recips: Vec<Vec<u8>> = args.recips.iter().map(|r| addrmangle(r)).collect();
 
@@ -99,6 +92,16 @@ fn deliver(
         }
     }
     Err(Report::TempNoconn)
+}
+
+/// A bad or unreadable control/moreipme or control/notipme is a configuration problem that
+/// the admin fixes: temp_control (Z, nothing is lost). Failing to list interfaces or local
+/// routes is stock's ipme_init failure: temp_oserr.
+pub fn ipme_failure(e: &IpmeError) -> Report {
+    match e {
+        IpmeError::Parse { .. } | IpmeError::Read { .. } => Report::TempControl,
+        _ => Report::TempOserr,
+    }
 }
 
 /// Addresses for the host (MX) or the relay (A/AAAA), mapped to stock's reports.
@@ -148,4 +151,28 @@ fn candidates(host: &[u8], relay: Option<&Relay>, ipv6: bool) -> Result<Vec<Cand
         return Err(Report::PermNomx);
     }
     Ok(cands)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipme_errors() {
+        let parse = IpmeError::Parse {
+            file: "control/moreipme",
+            line: 1,
+            reason: "x".into(),
+        };
+        assert_eq!(ipme_failure(&parse), Report::TempControl);
+        let read = IpmeError::Read {
+            path: "control/notipme".into(),
+            source: std::io::Error::from_raw_os_error(libc::EISDIR),
+        };
+        assert_eq!(ipme_failure(&read), Report::TempControl);
+        let ifs = IpmeError::Interfaces(std::io::Error::from_raw_os_error(libc::ENOMEM));
+        assert_eq!(ipme_failure(&ifs), Report::TempOserr);
+        let nl = IpmeError::Netlink(std::io::Error::from_raw_os_error(libc::ENOBUFS));
+        assert_eq!(ipme_failure(&nl), Report::TempOserr);
+    }
 }

@@ -51,6 +51,28 @@ pub enum Command {
         #[command(flatten)]
         pins: Pins,
     },
+    /// Attach (as `attach`), then keep the guard current and attached until SIGTERM: follows
+    /// address and local-route changes (rtnetlink), control/moreipme and control/notipme
+    /// (inotify), and re-attaches when a guarded cgroup is re-created (service restart). Logs
+    /// each refusal. SIGHUP forces a full recompute. The guard stays in force after exit.
+    /// Tells systemd READY=1 (Type=notify) once the maps are filled and attachments verified.
+    Run {
+        #[command(flatten)]
+        target: RunTarget,
+        #[command(flatten)]
+        home: Home,
+        /// Guarded destination port (repeat for several). Give `attach` the same ports.
+        #[arg(long = "port", value_name = "N", default_values_t = [guard_common::DEFAULT_PORT])]
+        ports: Vec<u16>,
+        #[command(flatten)]
+        pins: Pins,
+        /// Remove the guard from the targets on SIGTERM/SIGINT instead of leaving it in force.
+        #[arg(long)]
+        detach_on_exit: bool,
+        /// Period of the full resync behind the events, in seconds.
+        #[arg(long, value_name = "N", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+        resync_secs: u64,
+    },
     /// Show attachments, entries per source, guarded ports and refusal counters.
     Status {
         /// Machine-readable output.
@@ -89,6 +111,18 @@ pub struct Target {
     /// A systemd unit whose cgroup to use (resolved with systemctl).
     #[arg(long, value_name = "NAME")]
     pub unit: Option<String>,
+}
+
+/// `run` guards one or more cgroups (a missing one is attached when it appears).
+#[derive(Debug, Args)]
+#[group(required = true, multiple = true)]
+pub struct RunTarget {
+    /// A cgroup2 directory to guard (repeatable).
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<PathBuf>,
+    /// A systemd unit whose cgroup to guard (repeatable); it may be stopped at start.
+    #[arg(long = "unit", value_name = "NAME")]
+    pub units: Vec<String>,
 }
 
 #[derive(Debug, Args)]

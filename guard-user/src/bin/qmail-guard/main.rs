@@ -1,14 +1,15 @@
-//! qmail-guard: loader, CLI and (later) daemon of the kernel guard.
+//! qmail-guard: loader, CLI and daemon of the kernel guard.
 mod args;
 
 use std::{collections::BTreeSet, process::ExitCode};
 
 use anyhow::{Context as _, Result};
-use args::{Cli, Command, DetachTarget, Target};
+use args::{Cli, Command, DetachTarget, RunTarget, Target};
 use clap::Parser as _;
 use guard_user::{
     cgroup::Cgroup,
-    guard::{self, GuardMaps, PinDir, attach::Detach},
+    daemon,
+    guard::{self, GuardMaps, PinDir, attach::Detach, state},
     ipme::IpmeSet,
 };
 
@@ -47,6 +48,8 @@ fn run(command: Command) -> Result<ExitCode> {
             let ports: BTreeSet<u16> = ports.into_iter().collect();
             let pins = PinDir::new(pins.pin_dir);
             let r = guard::attach(&pins, &cg, &set, &ports)?;
+            // Informational only (shown by `status`): a read-only /run must not fail attach.
+            let _ = state::record_sync(&pins, "attach", &r.sync);
             let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
             if r.attached.is_empty() {
                 println!(
@@ -88,11 +91,34 @@ fn run(command: Command) -> Result<ExitCode> {
             let pins = PinDir::new(pins.pin_dir);
             let mut maps = GuardMaps::open(&pins)?;
             let set = IpmeSet::load(&home.qmail_home)?;
-            let r = maps.sync(&set)?;
+            let r = {
+                let _lock = pins.lock()?;
+                maps.sync(&set)?
+            };
+            let _ = state::record_sync(&pins, "sync", &r);
             println!(
                 "qmail-guard: {} entries ({} written, {} removed)",
                 r.total, r.upserted, r.removed
             );
+        }
+        Command::Run {
+            target: RunTarget { cgroups, units },
+            home,
+            ports,
+            pins,
+            detach_on_exit,
+            resync_secs,
+        } => {
+            daemon::init_logging();
+            daemon::run(daemon::Config {
+                units,
+                cgroups,
+                qmail_home: home.qmail_home,
+                ports: ports.into_iter().collect(),
+                pin_dir: pins.pin_dir,
+                detach_on_exit,
+                resync: std::time::Duration::from_secs(resync_secs),
+            })?;
         }
         Command::Status { json, pins } => {
             let st = guard::status(&PinDir::new(pins.pin_dir))?;
