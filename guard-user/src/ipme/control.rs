@@ -476,7 +476,14 @@ mod tests {
 
     #[test]
     fn notipme_cannot_exclude_builtins() {
-        for bad in ["127.0.0.2", "127.0.0.0/8", "0.0.0.0", "::1", "::", "::ffff:127.0.0.9"] {
+        for bad in [
+            "127.0.0.2",
+            "127.0.0.0/8",
+            "0.0.0.0",
+            "::1",
+            "::",
+            "::ffff:127.0.0.9",
+        ] {
             let e = parse_control(ControlKind::NotIpme, &format!("# c\n{bad}\n")).unwrap_err();
             let text = e.to_string();
             assert!(text.starts_with("control/notipme:2: "), "{text}");
