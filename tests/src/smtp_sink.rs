@@ -5,6 +5,7 @@
 //! The listening socket can be created inside a network namespace ([`in_netns`]): a socket
 //! keeps the namespace it was created in, so the serving threads need not be in it.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -242,7 +243,7 @@ fn accept_loop(
 /// Reads one CRLF/LF-terminated line, recording it; None on EOF, error or stop.
 fn read_line(
     conn: &mut TcpStream,
-    pending: &mut Vec<u8>,
+    pending: &mut VecDeque<u8>,
     s: &mut Session,
     stop: &AtomicBool,
 ) -> Option<Vec<u8>> {
@@ -259,7 +260,7 @@ fn read_line(
             Ok(0) => return None,
             Ok(n) => {
                 s.received.extend_from_slice(&buf[..n]);
-                pending.extend_from_slice(&buf[..n]);
+                pending.extend(&buf[..n]);
             }
             Err(e)
                 if matches!(
@@ -280,7 +281,12 @@ fn answer(conn: &mut TcpStream, r: &Reply) -> bool {
 }
 
 /// Waits until the client closes (or stop) without answering anything.
-fn stay_silent(conn: &mut TcpStream, pending: &mut Vec<u8>, s: &mut Session, stop: &AtomicBool) {
+fn stay_silent(
+    conn: &mut TcpStream,
+    pending: &mut VecDeque<u8>,
+    s: &mut Session,
+    stop: &AtomicBool,
+) {
     while read_line(conn, pending, s, stop).is_some() {}
 }
 
@@ -291,7 +297,8 @@ fn serve(mut conn: TcpStream, peer: SocketAddr, script: &Script, stop: &AtomicBo
     };
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(Duration::from_millis(50)));
-    let mut pending = Vec::new();
+    // a deque: taking a line off the front must not move the rest (1 MB messages)
+    let mut pending = VecDeque::new();
     // a reply that ends the scripted dialogue: Drop closes, Silent waits for the client
     macro_rules! reply {
         ($r:expr) => {{

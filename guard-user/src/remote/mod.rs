@@ -65,6 +65,14 @@ fn write_stdout(mut b: &[u8]) {
     }
 }
 
+/// Runs `f` and adds its message report to `out`; a panic inside `f` becomes the Z report
+/// [`Report::Internal`] after whatever recipient reports were already made, so qmail-rspawn
+/// retries instead of bouncing (an unwinding panic would exit 101: "DUnable to run").
+pub fn guarded(out: &mut Output, f: impl FnOnce(&mut Output) -> Report) {
+    let result = catch_unwind(AssertUnwindSafe(|| f(&mut *out)));
+    out.finish(&result.unwrap_or(Report::Internal));
+}
+
 /// The whole program: never returns, always exits 0.
 pub fn main() -> ! {
     // stock sig_pipeignore(): a vanished reader of fd 1 must not kill us before exit 0
@@ -78,13 +86,37 @@ pub fn main() -> ! {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let home = run::qmail_home();
     let mut out = Output::new();
-    let result = catch_unwind(AssertUnwindSafe(|| {
+    guarded(&mut out, |out| {
         // fd 0 is the queued message; read it unbuffered (large reads), never close it
         // SAFETY: fd 0 belongs to the process for its whole life; ManuallyDrop keeps it open.
         let mut msg = ManuallyDrop::new(unsafe { File::from_raw_fd(0) });
-        run::run(argv, &home, &mut *msg, &mut out)
-    }));
-    out.finish(&result.unwrap_or(Report::Internal));
+        run::run(argv, &home, &mut *msg, out)
+    });
     write_stdout(out.bytes());
     std::process::exit(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use report::RcptReport;
+
+    #[test]
+    fn panic_becomes_a_z_report() {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let mut out = Output::new();
+        guarded(&mut out, |o| {
+            o.recipient(&RcptReport::Accepted);
+            panic!("bug");
+        });
+        std::panic::set_hook(prev);
+        assert_eq!(
+            out.bytes(),
+            format!("r\0{}\0", report::INTERNAL_TEXT).as_bytes()
+        );
+        let mut out = Output::new();
+        guarded(&mut out, |_| Report::TempNoconn);
+        assert!(out.bytes().starts_with(b"ZSorry, I wasn't able"));
+    }
 }

@@ -188,13 +188,6 @@ impl Report {
         }
         out.push(0);
     }
-
-    /// The status letter: `K`, `Z` or `D`.
-    pub fn letter(&self) -> u8 {
-        let mut v = Vec::new();
-        self.render(&mut v);
-        v[0]
-    }
 }
 
 /// A per-recipient report (`r`, `h`, `s`), in argv order, before the message report.
@@ -321,6 +314,49 @@ mod tests {
             }),
             b"Z2001:db8::25 failed on DATA command.\nRemote host said: 451 x\n\0"
         );
+    }
+
+    #[test]
+    fn fixed_texts() {
+        let table: [(Report, &[u8]); 10] = [
+            (Report::TempNomem, b"ZOut of memory. (#4.3.0)\n\0"),
+            (
+                Report::TempOserr,
+                b"ZSystem resources temporarily unavailable. (#4.3.0)\n\0",
+            ),
+            (
+                Report::TempNoconn,
+                b"ZSorry, I wasn't able to establish an SMTP connection. (#4.4.1)\n\0",
+            ),
+            (Report::TempRead, b"ZUnable to read message. (#4.3.0)\n\0"),
+            (
+                Report::TempDns,
+                b"ZSorry, I couldn't find any host by that name. (#4.1.2)\n\0",
+            ),
+            (
+                Report::TempChdir,
+                b"ZUnable to switch to home directory. (#4.3.0)\n\0",
+            ),
+            (
+                Report::TempControl,
+                b"ZUnable to read control files. (#4.3.0)\n\0",
+            ),
+            (
+                Report::PermPartialline,
+                b"DSMTP cannot transfer messages with partial final lines. (#5.6.2)\n\0",
+            ),
+            (
+                Report::PermUsage,
+                b"DI (qmail-remote) was invoked improperly. (#5.3.5)\n\0",
+            ),
+            (
+                Report::PermNomx,
+                b"DSorry, I couldn't find a mail exchanger or IP address. (#5.4.4)\n\0",
+            ),
+        ];
+        for (rep, want) in table {
+            assert_eq!(r(rep), want);
+        }
     }
 
     #[test]
