@@ -19,11 +19,6 @@ pub struct Bins {
 }
 
 impl Bins {
-    /// The directory (e.g. target/release).
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The path of binary `name`, which must exist.
     pub fn path(&self, name: &str) -> Result<PathBuf> {
         let p = self.dir.join(name);

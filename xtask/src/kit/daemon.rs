@@ -86,6 +86,8 @@ impl Daemon {
             }
             // A daemon that died early would otherwise cost the whole timeout.
             if let Ok(Some(st)) = self.child.try_wait() {
+                // Let the reader thread collect the last lines of the log.
+                std::thread::sleep(Duration::from_millis(100));
                 bail!(
                     "qmail-guard run exited ({st}) before it was ready; its log:\n{}",
                     self.log().join("\n")

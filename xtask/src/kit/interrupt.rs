@@ -2,10 +2,8 @@
 //! the bench checks it and returns an error, so the Drop guards remove namespaces, cgroups and
 //! pins on the way out. The handler is one-shot (SA_RESETHAND): a second Ctrl-C kills at once.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
-
 use anyhow::{Result, bail};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -46,17 +44,4 @@ pub fn check() -> Result<()> {
         bail!("interrupted: cleaning up");
     }
     Ok(())
-}
-
-/// Sleeps `d`, waking early (with an error) when interrupted.
-pub fn sleep(d: Duration) -> Result<()> {
-    let end = Instant::now() + d;
-    loop {
-        check()?;
-        let now = Instant::now();
-        if now >= end {
-            return Ok(());
-        }
-        std::thread::sleep((end - now).min(Duration::from_millis(20)));
-    }
 }

@@ -16,7 +16,11 @@ pub fn check(what: &str, tools: &[&str]) -> Result<PathBuf> {
             "cargo xtask {what} must run as root: it creates network namespaces, cgroups and BPF programs"
         );
     }
-    let missing: Vec<&str> = tools.iter().copied().filter(|t| which(t).is_none()).collect();
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| which(t).is_none())
+        .collect();
     if !missing.is_empty() {
         bail!(
             "cargo xtask {what} needs {} on $PATH: run `cargo xtask setup` (or apt-get install the Debian packages)",

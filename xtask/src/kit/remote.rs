@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 
+use super::measure::{self, Usage};
 use super::report::{self, Report};
-use super::spawn::{self, Placement, Usage};
+use super::spawn::{self, Placement};
 
 /// The uid/gid qmail-remote runs as (qmail's qmailr; any unprivileged account behaves alike).
 pub const QMAILR: (u32, u32) = (65534, 65534);
@@ -31,7 +32,6 @@ pub struct Remote<'a> {
 
 /// What it reported and what it cost.
 pub struct Outcome {
-    pub raw: Vec<u8>,
     pub report: Report,
     pub usage: Usage,
 }
@@ -76,13 +76,12 @@ impl Remote<'_> {
             let _ = reader.read_to_end(&mut out);
             out
         });
-        let usage = spawn::wait_usage(&mut child, start, TIMEOUT)?;
+        let usage = measure::wait_usage(&mut child, start, TIMEOUT)?;
         let raw = rd
             .join()
             .map_err(|_| anyhow::anyhow!("the report reader panicked"))?;
         Ok(Outcome {
             report: report::parse(&raw),
-            raw,
             usage,
         })
     }

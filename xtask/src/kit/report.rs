@@ -70,7 +70,11 @@ impl Report {
                 's' => "failed temporarily",
                 _ => "malformed record",
             };
-            s.push_str(&format!("{indent}recipient {}: {} {what}", i + 1, rec.letter));
+            s.push_str(&format!(
+                "{indent}recipient {}: {} {what}",
+                i + 1,
+                rec.letter
+            ));
             push_text(&mut s, indent, &rec.text);
         }
         match &self.message {

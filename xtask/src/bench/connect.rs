@@ -1,0 +1,178 @@
+//! connect() cost from a guarded cgroup: unguarded destinations (the cost every connection
+//! pays) and refused ones (the guard's ELOOP against the kernel's own RST and nftables), plus
+//! the programs' own run time from kernel.bpf_stats_enabled.
+
+pub mod scene;
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+
+use super::client::Server;
+use super::plan::Plan;
+use super::stats::{median, quantile};
+use crate::kit::{bpftool, interrupt};
+use scene::{CLOSED_PORT, FREE_PORT, OTHER, Policy, Scene};
+
+/// What a measured connect goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dest {
+    /// 127.0.0.1:2525: the port is not guarded (the program returns after the port lookup).
+    FreePort,
+    /// 198.51.100.7:25: guarded port, address in no set (a full trie lookup, then allowed).
+    Other,
+    /// Refused: 127.0.0.1:25 under a policy (ELOOP, or nftables' RST), or a closed port
+    /// without one (the kernel's RST).
+    Refused,
+}
+
+impl Dest {
+    fn target(self, p: Policy) -> (&'static str, u16, &'static str) {
+        match (self, p) {
+            (Dest::FreePort, _) => ("127.0.0.1", FREE_PORT, "ok"),
+            (Dest::Other, _) => (OTHER, 25, "ok"),
+            (Dest::Refused, Policy::Bare) => ("127.0.0.1", CLOSED_PORT, "ECONNREFUSED"),
+            (Dest::Refused, Policy::Guard(_)) => ("127.0.0.1", 25, "ELOOP"),
+            (Dest::Refused, Policy::Nft(_)) => ("127.0.0.1", 25, "ECONNREFUSED"),
+        }
+    }
+}
+
+/// Per variant (same order as `policies`) and destination (`Dest` order: free port, other,
+/// refused): the median ns of each round's loop.
+pub struct Results {
+    pub policies: Vec<Policy>,
+    pub samples: Vec<[Vec<f64>; 3]>,
+    /// Per guard variant: program ns per run for (free port, other, refused).
+    pub prog_ns: Vec<(Policy, [f64; 3])>,
+    pub rounds: usize,
+    pub iters: usize,
+}
+
+impl Results {
+    /// Median over rounds for variant `v`, destination `d`.
+    pub fn median(&self, v: usize, d: Dest) -> f64 {
+        median(&self.samples[v][d as usize])
+    }
+
+    /// Interquartile range over rounds: the noise of one variant's figure.
+    pub fn iqr(&self, v: usize, d: Dest) -> f64 {
+        let s = &self.samples[v][d as usize];
+        quantile(s, 0.75) - quantile(s, 0.25)
+    }
+}
+
+pub fn run(plan: &Plan, client: &Path, qmail_guard: &Path, cgroup2: &Path) -> Result<Results> {
+    println!("  building one namespace + cgroup per variant (the 1M sets take a while) …");
+    let scene = Scene::new(&plan.policies(), qmail_guard, cgroup2)?;
+    // All clients on one CPU: each is a long-lived process, and left to the scheduler they
+    // would settle on different CPUs, whose load differs (other work on the machine).
+    let cpu = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
+    let mut servers = scene
+        .variants
+        .iter()
+        .map(|v| {
+            let mut p = v.placement();
+            p.cpu = Some(cpu);
+            Server::start(client, &p, &v.policy.label())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let n = scene.variants.len();
+    let dests = [Dest::FreePort, Dest::Other, Dest::Refused];
+    let mut samples = vec![[Vec::new(), Vec::new(), Vec::new()]; n];
+    println!(
+        "  {} rounds × {} variants × 3 destinations × {} connects, interleaved …",
+        plan.rounds, n, plan.iters
+    );
+    // Round 0 warms caches, the listeners and the tries: not counted.
+    for round in 0..=plan.rounds {
+        for k in 0..n {
+            // Rotate the starting variant, so none always runs first.
+            let i = (k + round) % n;
+            let policy = scene.variants[i].policy;
+            for (d, dest) in dests.iter().enumerate() {
+                interrupt::check()?;
+                let (addr, port, expect) = dest.target(policy);
+                let b = servers[i].batch(addr, port, plan.iters, expect)?;
+                if round > 0 {
+                    samples[i][d].push(b.connect_ns);
+                }
+            }
+        }
+        if round % 10 == 0 || round == plan.rounds {
+            println!("    round {round}/{} done", plan.rounds);
+        }
+    }
+
+    println!("  per-program run time (kernel.bpf_stats_enabled=1) …");
+    let prog_ns = program_times(plan, &mut servers, &scene, &dests)?;
+    drop(servers);
+    Ok(Results {
+        policies: scene.variants.iter().map(|v| v.policy).collect(),
+        samples,
+        prog_ns,
+        rounds: plan.rounds,
+        iters: plan.iters,
+    })
+}
+
+/// For each guard variant and destination: the connect4 program's run time per run, from the
+/// kernel's own counters (run_time_ns / run_cnt deltas over a batch).
+fn program_times(
+    plan: &Plan,
+    servers: &mut [Server],
+    scene: &Scene,
+    dests: &[Dest; 3],
+) -> Result<Vec<(Policy, [f64; 3])>> {
+    let _stats = StatsEnabled::new()?;
+    let mut out = Vec::new();
+    for (v, server) in scene.variants.iter().zip(servers.iter_mut()) {
+        let Some(g) = &v.guard else { continue };
+        let prog = g.prog(guard_common::PROG_CONNECT4);
+        let mut per = [Vec::new(), Vec::new(), Vec::new()];
+        for _ in 0..plan.stats_rounds {
+            for (d, dest) in dests.iter().enumerate() {
+                interrupt::check()?;
+                let (addr, port, expect) = dest.target(v.policy);
+                let (t0, c0) = bpftool::prog_stats(&prog)?;
+                server.batch(addr, port, plan.stats_iters, expect)?;
+                let (t1, c1) = bpftool::prog_stats(&prog)?;
+                if c1 > c0 {
+                    per[d].push(t1.saturating_sub(t0) as f64 / (c1 - c0) as f64);
+                }
+            }
+        }
+        out.push((
+            v.policy,
+            [median(&per[0]), median(&per[1]), median(&per[2])],
+        ));
+    }
+    Ok(out)
+}
+
+/// kernel.bpf_stats_enabled=1 for its lifetime (it costs two clock reads per program run, so
+/// it is off while connect() itself is timed); the previous value comes back on drop.
+struct StatsEnabled {
+    old: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl StatsEnabled {
+    fn new() -> Result<StatsEnabled> {
+        let old = std::fs::read_to_string(BPF_STATS)
+            .with_context(|| format!("cannot read {BPF_STATS}"))?;
+        std::fs::write(BPF_STATS, "1").with_context(|| format!("cannot write {BPF_STATS}"))?;
+        Ok(StatsEnabled {
+            old: old.trim().to_string(),
+        })
+    }
+}
+
+impl Drop for StatsEnabled {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(BPF_STATS, &self.old) {
+            eprintln!("warning: cannot restore {BPF_STATS} to {}: {e}", self.old);
+        }
+    }
+}
