@@ -22,7 +22,6 @@ pub mod nsenter;
 pub mod preflight;
 pub mod probe;
 pub mod qmail_remote;
-pub mod remote_bench;
 pub mod rspawn;
 pub mod scene;
 pub mod smtp_sink;

@@ -4,7 +4,7 @@
 //! netns with setns(2). `ip netns exec` would instead remount /sys and hide cgroupfs and bpffs.
 //! setns(CLONE_NEWNET) leaves the mount namespace alone, so the child still sees both.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
@@ -15,41 +15,71 @@ fn cstring(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).expect("path without NUL bytes")
 }
 
+/// Moves the calling process into the cgroup whose `cgroup.procs` path is `procs`.
+/// Async-signal-safe (open/write/close only), so it may run in a `pre_exec` hook.
+///
+/// # Safety
+/// Between fork and exec only async-signal-safe calls are allowed; this makes nothing else.
+pub unsafe fn join_cgroup(procs: &CStr) -> io::Result<()> {
+    // SAFETY: raw system calls on a valid C string.
+    unsafe {
+        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // "0" means the writing process itself.
+        let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+        let err = io::Error::last_os_error();
+        libc::close(fd);
+        if n != 1 {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// Moves the calling thread into the network namespace bound at `netns`.
+/// Async-signal-safe (open/setns/close only), so it may run in a `pre_exec` hook.
+///
+/// # Safety
+/// As for [`join_cgroup`].
+pub unsafe fn join_netns(netns: &CStr) -> io::Result<()> {
+    // SAFETY: raw system calls on a valid C string.
+    unsafe {
+        let fd = libc::open(netns.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let r = libc::setns(fd, libc::CLONE_NEWNET);
+        let err = io::Error::last_os_error();
+        libc::close(fd);
+        if r != 0 {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// `DIR/cgroup.procs` as a C string, built before fork.
+pub fn procs_path(cgroup_dir: &Path) -> CString {
+    cstring(&cgroup_dir.join("cgroup.procs"))
+}
+
 /// Arranges for the child spawned from `cmd` to join `cgroup_dir` (if given), then the network
 /// namespace bound at `netns_path`, between fork and exec.
 pub fn enter(cmd: &mut Command, cgroup_dir: Option<&Path>, netns_path: &Path) {
     // Everything the hook needs is allocated here, in the parent: between fork and exec of a
     // multi-threaded process only async-signal-safe calls are allowed.
-    let procs = cgroup_dir.map(|d| cstring(&d.join("cgroup.procs")));
+    let procs = cgroup_dir.map(procs_path);
     let netns = cstring(netns_path);
     let hook = move || -> io::Result<()> {
-        // SAFETY: only open/write/setns/close on pre-built C strings: async-signal-safe.
+        // SAFETY: join_cgroup and join_netns are async-signal-safe.
         unsafe {
             if let Some(procs) = &procs {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // "0" means the writing process itself.
-                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-                let err = io::Error::last_os_error();
-                libc::close(fd);
-                if n != 1 {
-                    return Err(err);
-                }
+                join_cgroup(procs)?;
             }
-            let fd = libc::open(netns.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let r = libc::setns(fd, libc::CLONE_NEWNET);
-            let err = io::Error::last_os_error();
-            libc::close(fd);
-            if r != 0 {
-                return Err(err);
-            }
+            join_netns(&netns)
         }
-        Ok(())
     };
     // SAFETY: the hook is async-signal-safe (see above).
     unsafe {

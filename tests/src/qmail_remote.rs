@@ -4,7 +4,7 @@
 //! /etc/netns/NAME/resolv.conf for the resolver) and a cgroup (joined before exec, so a guard
 //! attached to it sees the connects).
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
@@ -278,23 +278,9 @@ impl<'a> Invocation<'a> {
         cmd.stdout(Stdio::from(writer.try_clone().expect("dup pipe")));
         cmd.stderr(Stdio::from(writer));
         if let Some(cg) = &self.cgroup {
-            let procs = CString::new(cg.join("cgroup.procs").as_os_str().as_bytes()).expect("path");
-            let hook = move || -> io::Result<()> {
-                // SAFETY: open/write/close on a pre-built C string: async-signal-safe.
-                unsafe {
-                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    let err = io::Error::last_os_error();
-                    libc::close(fd);
-                    if n != 1 {
-                        return Err(err);
-                    }
-                }
-                Ok(())
-            };
+            let procs = crate::nsenter::procs_path(cg);
+            // SAFETY: join_cgroup is async-signal-safe.
+            let hook = move || unsafe { crate::nsenter::join_cgroup(&procs) };
             // SAFETY: the hook only makes async-signal-safe calls.
             unsafe {
                 cmd.pre_exec(hook);

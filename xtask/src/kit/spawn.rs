@@ -74,8 +74,7 @@ impl Placement {
         let procs = self
             .cgroup
             .as_ref()
-            .map(|d| cstring(&d.join("cgroup.procs")))
-            .transpose()?;
+            .map(|d| guard_tests::nsenter::procs_path(d));
         let netns = self.netns.as_deref().map(cstring).transpose()?;
         let resolv = self.resolv.as_deref().map(cstring).transpose()?;
         let user = self.user;
@@ -90,29 +89,10 @@ impl Placement {
             // SAFETY: only raw system calls on pre-built C strings (async-signal-safe).
             unsafe {
                 if let Some(procs) = &procs {
-                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    // "0" is the writing process itself.
-                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    let err = io::Error::last_os_error();
-                    libc::close(fd);
-                    if n != 1 {
-                        return Err(err);
-                    }
+                    guard_tests::nsenter::join_cgroup(procs)?;
                 }
                 if let Some(netns) = &netns {
-                    let fd = libc::open(netns.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    let r = libc::setns(fd, libc::CLONE_NEWNET);
-                    let err = io::Error::last_os_error();
-                    libc::close(fd);
-                    if r != 0 {
-                        return Err(err);
-                    }
+                    guard_tests::nsenter::join_netns(netns)?;
                 }
                 if let Some(resolv) = &resolv {
                     if libc::unshare(libc::CLONE_NEWNS) != 0 {
