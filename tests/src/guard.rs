@@ -167,28 +167,36 @@ pub fn ensure_success(what: &str, out: &Output) {
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
-        if self.pin_dir.exists() {
-            match Command::new(&self.bin)
-                .args(["detach", "--all", "--pin-dir"])
-                .arg(&self.pin_dir)
-                .output()
-            {
-                Ok(o) if o.status.success() => {}
-                Ok(o) => eprintln!(
-                    "warning: qmail-guard detach --all --pin-dir {} failed: {}",
-                    self.pin_dir.display(),
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ),
-                Err(e) => eprintln!("warning: cannot run qmail-guard detach: {e}"),
-            }
-            // Unpinning the links detaches them even if the CLI failed above; the cgroup's
-            // removal would detach them at the latest.
-            if let Err(e) = fs::remove_dir_all(&self.pin_dir)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                eprintln!("warning: cannot remove {}: {e}", self.pin_dir.display());
-            }
-        }
+        remove_guard(&self.bin, &self.pin_dir);
         let _ = fs::remove_dir_all(&self.home);
+    }
+}
+
+/// Detaches everything pinned under `pin_dir` and removes the directory; warns instead of
+/// failing, because it runs from Drop (also during a panic). Shared with xtask's fixtures.
+pub fn remove_guard(bin: &Path, pin_dir: &Path) {
+    if !pin_dir.exists() {
+        return;
+    }
+    match Command::new(bin)
+        .args(["detach", "--all", "--pin-dir"])
+        .arg(pin_dir)
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => eprintln!(
+            "warning: qmail-guard detach --all --pin-dir {} failed: {}",
+            pin_dir.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => eprintln!("warning: cannot run qmail-guard detach: {e}"),
+    }
+    // Unpinning the links detaches them even if the CLI failed above; the cgroup's removal
+    // would detach them at the latest.
+    if let Err(e) = fs::remove_dir_all(pin_dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        eprintln!("warning: cannot remove {}: {e}", pin_dir.display());
     }
 }

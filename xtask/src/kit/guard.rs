@@ -3,7 +3,6 @@
 //! network namespace, because the loader computes the interface addresses of the namespace it
 //! runs in. Drop detaches everything and removes the pins, also after an error or Ctrl-C.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -117,29 +116,6 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if !self.pin_dir.exists() {
-            return;
-        }
-        match Command::new(&self.bin)
-            .args(["detach", "--all", "--pin-dir"])
-            .arg(&self.pin_dir)
-            .stdin(Stdio::null())
-            .output()
-        {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "warning: qmail-guard detach --all --pin-dir {} failed: {}",
-                self.pin_dir.display(),
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
-            Err(e) => eprintln!("warning: cannot run qmail-guard detach: {e}"),
-        }
-        // Unpinning the links detaches them even if the CLI failed; removing the cgroup would
-        // at the latest.
-        if let Err(e) = fs::remove_dir_all(&self.pin_dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            eprintln!("warning: cannot remove {}: {e}", self.pin_dir.display());
-        }
+        guard_tests::guard::remove_guard(&self.bin, &self.pin_dir);
     }
 }
