@@ -16,12 +16,17 @@ const BPF_ONLY_CRATE: &str = "guard-ebpf";
 #[derive(Debug, Clone)]
 pub struct Bins {
     dir: PathBuf,
+    /// The statically linked qmail-remote of a release build (see [`build_static_remote`]).
+    static_remote: Option<PathBuf>,
 }
 
 impl Bins {
     /// The path of binary `name`, which must exist.
     pub fn path(&self, name: &str) -> Result<PathBuf> {
-        let p = self.dir.join(name);
+        let p = match (&self.static_remote, name) {
+            (Some(p), "qmail-remote") => p.clone(),
+            _ => self.dir.join(name),
+        };
         if !p.is_file() {
             bail!(
                 "{} was not built (expected after `cargo build --workspace --bins`)",
@@ -51,7 +56,39 @@ pub fn build(release: bool) -> Result<Bins> {
     let profile = if release { "release" } else { "debug" };
     Ok(Bins {
         dir: workspace::target_dir()?.join(profile),
+        static_remote: if release {
+            Some(build_static_remote()?)
+        } else {
+            None
+        },
     })
+}
+
+/// The release qmail-remote as README installs it: linked statically (glibc `crt-static`), so a
+/// delivery skips the dynamic loader and its relocations (~0.7 MB less peak RSS). The flag is
+/// given for the host target only, with an explicit `--target`, because proc-macros and the
+/// eBPF build cannot take it.
+pub fn build_static_remote() -> Result<PathBuf> {
+    let host = cmd::stdout(Command::new("rustc").arg("-vV"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+        .ok_or_else(|| anyhow::anyhow!("`rustc -vV` names no host triple"))?;
+    let flags_var = format!(
+        "CARGO_TARGET_{}_RUSTFLAGS",
+        host.to_uppercase().replace('-', "_")
+    );
+    let mut c = Command::new("cargo");
+    c.args(["build", "--release", "-p", "guard-user", "--bin", "qmail-remote"])
+        .args(["--target", &host])
+        .env(flags_var, "-C target-feature=+crt-static")
+        .current_dir(workspace::root())
+        .env("PATH", path_with(&bpf_linker::bin_dir()?)?);
+    println!("==> {}", cmd::display(&c));
+    cmd::run(&mut c)?;
+    Ok(workspace::target_dir()?
+        .join(host)
+        .join("release")
+        .join("qmail-remote"))
 }
 
 /// `$PATH` with `dir` first, so the build finds the bpf-linker that setup installed.
