@@ -78,11 +78,18 @@ pub fn build_static_remote() -> Result<PathBuf> {
         host.to_uppercase().replace('-', "_")
     );
     let mut c = Command::new("cargo");
-    c.args(["build", "--release", "-p", "guard-user", "--bin", "qmail-remote"])
-        .args(["--target", &host])
-        .env(flags_var, "-C target-feature=+crt-static")
-        .current_dir(workspace::root())
-        .env("PATH", path_with(&bpf_linker::bin_dir()?)?);
+    c.args([
+        "build",
+        "--release",
+        "-p",
+        "guard-user",
+        "--bin",
+        "qmail-remote",
+    ])
+    .args(["--target", &host])
+    .env(flags_var, "-C target-feature=+crt-static")
+    .current_dir(workspace::root())
+    .env("PATH", path_with(&bpf_linker::bin_dir()?)?);
     println!("==> {}", cmd::display(&c));
     cmd::run(&mut c)?;
     Ok(workspace::target_dir()?
