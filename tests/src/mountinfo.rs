@@ -39,7 +39,7 @@ fn unescape(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\'
-            && i + 3 < b.len()
+            && i + 4 <= b.len()
             && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
@@ -133,5 +133,11 @@ garbage line
         // Every process has a root mount; an empty result would mean the parser is broken.
         let m = mounts().unwrap();
         assert!(m.iter().any(|m| m.mount_point == Path::new("/")));
+    }
+
+    #[test]
+    fn escape_at_the_very_end_is_undone() {
+        assert_eq!(unescape("/mnt/a\\040"), "/mnt/a ");
+        assert_eq!(unescape("/mnt/a\\04"), "/mnt/a\\04");
     }
 }

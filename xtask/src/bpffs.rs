@@ -1,6 +1,5 @@
 //! bpffs at /sys/fs/bpf, where qmail-guard pins its maps, programs and links.
 
-use std::fs;
 use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
@@ -26,36 +25,9 @@ pub fn ensure() -> Result<()> {
     Ok(())
 }
 
+/// The test harness's mountinfo reader (xtask already depends on guard-tests).
 fn mounted() -> Result<bool> {
-    let text =
-        fs::read_to_string("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
-    Ok(is_bpffs_at(&text, BPFFS))
-}
-
-/// Whether mountinfo has a `bpf` filesystem mounted at `dir`.
-fn is_bpffs_at(mountinfo: &str, dir: &str) -> bool {
-    mountinfo.lines().any(|l| {
-        let mut halves = l.splitn(2, " - ");
-        let (Some(left), Some(right)) = (halves.next(), halves.next()) else {
-            return false;
-        };
-        left.split(' ').nth(4) == Some(dir) && right.split(' ').next() == Some("bpf")
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_bpffs_in_mountinfo() {
-        let mi = "30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw\n\
-                  41 23 0:35 / /sys/fs/bpf rw,relatime shared:16 - bpf bpf rw,mode=700\n";
-        assert!(is_bpffs_at(mi, "/sys/fs/bpf"));
-        assert!(!is_bpffs_at(mi, "/sys/fs/cgroup"));
-        assert!(!is_bpffs_at(
-            "41 23 0:35 / /sys/fs/bpf rw - tmpfs tmpfs rw\n",
-            "/sys/fs/bpf"
-        ));
-    }
+    let mounts =
+        guard_tests::mountinfo::bpffs_mounts().context("cannot read /proc/self/mountinfo")?;
+    Ok(mounts.iter().any(|m| m == std::path::Path::new(BPFFS)))
 }
