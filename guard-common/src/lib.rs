@@ -1,4 +1,4 @@
-//! Types and names shared by the kernel programs (guard-ebpf) and user space (guard-user).
+//! Types and names shared by the kernel programs (guard-ebpf) and user space (guard-user/*).
 //!
 //! Everything that both sides must agree on lives here, once: map and program names, the value
 //! tags stored in the ipme tries, the statistics layout and the size limits.
@@ -84,8 +84,10 @@ pub type Ipv6Data = [u8; 16];
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: plain #[repr(C)] integer structs without padding.
+    // SAFETY: #[repr(C)] struct of integers without padding; every bit pattern is valid.
     unsafe impl aya::Pod for super::IpmeValue {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::PortValue {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Stats {}
 }

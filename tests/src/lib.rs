@@ -14,7 +14,7 @@ pub mod dnsmasq;
 pub mod errno;
 pub mod guard;
 pub mod listener;
-pub mod mountinfo;
+pub use guard_mountinfo as mountinfo;
 pub mod mta;
 pub mod mx_scene;
 pub mod netns;

@@ -1,4 +1,4 @@
-//! Running qmail-remote the way qmail-rspawn does (spec §1.3, §1.4): fd 0 the queued message
+//! Running qmail-remote the way qmail-rspawn does (docs/qmail-remote.md §1.3, §1.4): fd 0 the queued message
 //! file, fd 1 and fd 2 one pipe, cwd `queue/mess`, an unprivileged uid, a minimal environment;
 //! optionally inside a netns (through `ip netns exec`, which also bind-mounts
 //! /etc/netns/NAME/resolv.conf for the resolver) and a cgroup (joined before exec, so a guard

@@ -1,4 +1,4 @@
-//! qmail-rspawn's view of a qmail-remote run (spec §1.5–1.7), re-implemented from the rules of
+//! qmail-rspawn's view of a qmail-remote run (docs/qmail-remote.md §1.5–1.7), re-implemented from the rules of
 //! qmail-rspawn.c `report()`, plus a strict check of the output grammar.
 
 use std::os::unix::process::ExitStatusExt;

@@ -1,7 +1,7 @@
 //! The standard ipme configuration of the guard tests: which remote addresses exist, what
 //! control/moreipme and control/notipme say, and so which destinations are "me".
 //!
-//! The expected verdicts below follow from the *rules* (DESIGN §4, §7: longest prefix wins,
+//! The expected verdicts below follow from the *rules* (docs/architecture.md: longest prefix wins,
 //! notipme is an exception, built-ins and interface addresses are always me), not from the
 //! implementation.
 

@@ -26,7 +26,7 @@ fn attach_pins_the_documented_layout() {
     g.attach(&mh.cgroup);
 
     let mode = std::fs::metadata(g.pin_dir()).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o700, "pin directory mode (DESIGN §5)");
+    assert_eq!(mode, 0o700, "pin directory mode (docs/pins.md)");
     for rel in [
         "maps/IPME_V4",
         "maps/IPME_V6",

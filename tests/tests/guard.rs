@@ -242,7 +242,7 @@ fn detach_allows_everything_again() {
 
 #[test]
 fn longest_prefix_wins_and_notipme_wins_ties() {
-    // DESIGN §7: the longest matching prefix decides; on the same prefix notipme wins.
+    // docs/architecture.md: the longest matching prefix decides; on the same prefix notipme wins.
     let mh = MailHost::new(&[
         "203.0.113.7",
         "203.0.113.100",

@@ -17,7 +17,7 @@ enum Nat {
     /// DNAT in the mail host's own output hook (a local port forward).
     Output,
     /// A router (the peer netns) DNATs the public address back to the mail host, with
-    /// hairpin masquerading so the reply goes back through it (DESIGN §8).
+    /// hairpin masquerading so the reply goes back through it (docs/architecture.md).
     Router,
 }
 

@@ -1,4 +1,4 @@
-//! Message encoding on the wire (spec §2.9): what the SMTP server receives between DATA and the
+//! Message encoding on the wire (docs/qmail-remote.md §2.9): what the SMTP server receives between DATA and the
 //! final dot, for the messages that break naive encoders: empty, leading dots, bare CR, CRLF
 //! input, 8-bit bytes, and 1 MB. The expected bytes come from the rules, written out
 //! independently of the implementation.

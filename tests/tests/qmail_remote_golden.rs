@@ -1,4 +1,4 @@
-//! Golden tests: every report of spec §2.10 that a server, the arguments, the control files or
+//! Golden tests: every report of docs/qmail-remote.md §2.10 that a server, the arguments, the control files or
 //! the message can cause, byte for byte, against a scripted SMTP server on loopback (reached
 //! through smtproutes, which skips the loop rule like stock). Every run is made the way
 //! qmail-rspawn makes it (fd 0 a queued file, fd 1+2 one pipe, cwd queue/mess, uid nobody) and

@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: one run of every benchmark of issue 5, with baselines measured in the
+//! `cargo xtask bench`: one run of every benchmark with baselines measured in the
 //! same run, written as a Markdown table to stdout and to bench/results.md. Release builds;
 //! bounded in time (≈ 5 minutes of measuring on 2 cores plus the build); deterministic inputs
 //! and medians over interleaved rounds, so a noisy machine shifts all variants alike.

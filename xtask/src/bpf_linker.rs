@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{cmd, toolchain};
 
-/// The bpf-linker release line (0.13: default feature llvm-23, DESIGN §3).
+/// The bpf-linker release line (0.13: default feature llvm-23, docs/architecture.md).
 const VERSION_REQ: &str = "0.13";
 /// `cargo install --version` requirement for it.
 const INSTALL_REQ: &str = "~0.13";

@@ -1,5 +1,5 @@
 //! `cargo xtask demo`: the NAT loop and the guard stopping it, step by step, in network
-//! namespaces (issue 5): (a) without the guard our qmail-remote delivers to itself, (b) with
+//! namespaces: (a) without the guard our qmail-remote delivers to itself, (b) with
 //! the guard the same delivery bounces with perm_ambigmx in milliseconds, and the kernel shows
 //! why, (c) a client that is not ours cannot even connect. Everything it creates is removed at
 //! the end, on error and on Ctrl-C.

@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 
 use crate::{bpf_linker, cmd, root, setup, workspace};
 
-/// Only builds for bpfel-unknown-none (guard-user's build.rs does that); on the host its
+/// Only builds for bpfel-unknown-none (guard-loader's build.rs does that); on the host its
 /// `#![no_main]` binary cannot link, so build and test skip it (clippy still checks it).
 const BPF_ONLY_CRATE: &str = "guard-ebpf";
 /// The variable tests/src/bins.rs reads to find the binaries under test.

@@ -1,5 +1,5 @@
 //! The two pinned Rust toolchains: the host one from rust-toolchain.toml (clippy, rustfmt) and
-//! the eBPF nightly (rust-src) that guard-user/build.rs builds guard-ebpf with.
+//! the eBPF nightly (rust-src) that guard-user/loader/build.rs builds guard-ebpf with.
 //! `RUSTUP_AUTO_INSTALL=0` machines install nothing implicitly, so setup installs both.
 
 use std::fs;
@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{cmd, workspace};
 
-/// The eBPF nightly. guard-user/build.rs names it too; `check_ebpf_pin` fails if they differ.
+/// The eBPF nightly. guard-user/loader/build.rs names it too; `check_ebpf_pin` fails if they differ.
 pub const EBPF_TOOLCHAIN: &str = "nightly-2026-10-20";
 /// Components the eBPF build needs (`-Z build-std=core` for bpfel-unknown-none).
 pub const EBPF_COMPONENTS: &[&str] = &["rust-src"];
@@ -30,9 +30,9 @@ pub fn host() -> Result<Toolchain> {
     parse_toolchain_toml(&text).with_context(|| format!("in {}", path.display()))
 }
 
-/// The eBPF nightly, after checking guard-user/build.rs pins the same one.
+/// The eBPF nightly, after checking guard-user/loader/build.rs pins the same one.
 pub fn ebpf() -> Result<Toolchain> {
-    let path = workspace::root().join("guard-user/build.rs");
+    let path = workspace::root().join("guard-user/loader/build.rs");
     let text =
         fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     if !text.contains(&format!("\"{EBPF_TOOLCHAIN}\"")) {

@@ -52,8 +52,8 @@ impl V4Trie {
         attr[0] = path.as_ptr() as u64;
         let fd = bpf(BPF_OBJ_GET, &mut attr)
             .with_context(|| format!("cannot open pinned map {}", pinned.display()))?;
-        // SAFETY: a fresh map descriptor we own.
         Ok(V4Trie {
+            // SAFETY: a fresh map descriptor we own.
             fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
         })
     }

@@ -44,7 +44,7 @@ pub fn run(w: &World) -> Result<()> {
         "a real qmail here queues it for loop.test again and sends it to itself again, hop after hop. Measured with an",
     );
     say::line(
-        "unmodified qmail (issue 2): 50 SMTP hops, 1.65 s and 271 ms of CPU until qmail-smtpd's hop counter bounces it —",
+        "unmodified qmail: 50 SMTP hops, 1.65 s and 271 ms of CPU until qmail-smtpd's hop counter bounces it —",
     );
     say::line("per message, and every bounce of a bounce loops too.");
     Ok(())

@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 
 use crate::{bpf_linker, cmd, workspace};
 
-/// Only builds for bpfel-unknown-none (guard-user's build.rs embeds it); excluded on the host,
+/// Only builds for bpfel-unknown-none (guard-loader's build.rs embeds it); excluded on the host,
 /// as `cargo xtask test` does.
 const BPF_ONLY_CRATE: &str = "guard-ebpf";
 
@@ -78,18 +78,11 @@ pub fn build_static_remote() -> Result<PathBuf> {
         host.to_uppercase().replace('-', "_")
     );
     let mut c = Command::new("cargo");
-    c.args([
-        "build",
-        "--release",
-        "-p",
-        "guard-user",
-        "--bin",
-        "qmail-remote",
-    ])
-    .args(["--target", &host])
-    .env(flags_var, "-C target-feature=+crt-static")
-    .current_dir(workspace::root())
-    .env("PATH", path_with(&bpf_linker::bin_dir()?)?);
+    c.args(["build", "--release", "-p", "qmail-remote"])
+        .args(["--target", &host])
+        .env(flags_var, "-C target-feature=+crt-static")
+        .current_dir(workspace::root())
+        .env("PATH", path_with(&bpf_linker::bin_dir()?)?);
     println!("==> {}", cmd::display(&c));
     cmd::run(&mut c)?;
     Ok(workspace::target_dir()?

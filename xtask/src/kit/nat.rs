@@ -1,4 +1,4 @@
-//! The NAT loop scene (DESIGN §8), shared by the demo and the bench:
+//! The NAT loop scene (docs/architecture.md), shared by the demo and the bench:
 //!
 //! ```text
 //!  netns qgx<pid>-mail (the mail host)                netns qgx<pid>-router (NAT router)

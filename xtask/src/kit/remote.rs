@@ -1,4 +1,4 @@
-//! Running qmail-remote the way qmail-rspawn does (spec §1.3): `qmail-remote HOST SENDER
+//! Running qmail-remote the way qmail-rspawn does (docs/qmail-remote.md §1.3): `qmail-remote HOST SENDER
 //! RECIP…`, the queued message on fd 0, fd 1 and fd 2 one pipe, cwd `queue/mess`, a minimal
 //! environment with `QMAILHOME`, as qmailr (uid 65534 here), inside the placement's cgroup and
 //! namespace.

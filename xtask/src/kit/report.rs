@@ -1,4 +1,4 @@
-//! qmail-remote's report on fd 1 (spec §1.5): NUL-terminated records, one per recipient
+//! qmail-remote's report on fd 1 (docs/qmail-remote.md §1.5): NUL-terminated records, one per recipient
 //! (`r` accepted, `h` permanent, `s` temporary failure) and then the message's (`K` delivered,
 //! `Z` try again later, `D` bounce), made readable.
 

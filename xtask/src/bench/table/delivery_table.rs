@@ -60,7 +60,7 @@ pub(super) fn render(s: &mut String, a: &All, targets: &mut Vec<Target>) {
     }
     let _ = writeln!(
         s,
-        "| 4 KB | stock qmail-remote (issue 3 measurement) | {} | {} ({} with TCP_NODELAY) | {} | {} |",
+        "| 4 KB | stock qmail-remote (measured earlier, quoted) | {} | {} ({} with TCP_NODELAY) | {} | {} |",
         ms(stock::DELIVERY_4K_CPU_MS),
         ms(stock::DELIVERY_4K_WALL_MS),
         ms(stock::DELIVERY_4K_WALL_NODELAY_MS),
@@ -72,7 +72,7 @@ pub(super) fn render(s: &mut String, a: &All, targets: &mut Vec<Target>) {
     }
     let _ = writeln!(
         s,
-        "| 1 MB | stock qmail-remote (issue 3 measurement) | {} | – | – | – |",
+        "| 1 MB | stock qmail-remote (measured earlier, quoted) | {} | – | – | – |",
         ms(stock::DELIVERY_1M_CPU_MS)
     );
     for f in figs.iter().filter(|f| f.size == delivery::SIZES[1]) {

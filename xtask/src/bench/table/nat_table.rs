@@ -28,7 +28,7 @@ pub(super) fn render(s: &mut String, a: &All) {
     );
     let _ = writeln!(
         s,
-        "| unguarded real qmail (issue 2 measurement) | {} hops, then qmail-smtpd's hop counter bounces | {} | {} | {} |",
+        "| unguarded real qmail (measured earlier, quoted) | {} hops, then qmail-smtpd's hop counter bounces | {} | {} | {} |",
         stock::LOOP_HOPS,
         ms(stock::LOOP_WALL_MS),
         ms(stock::LOOP_CPU_MS),
@@ -36,7 +36,7 @@ pub(super) fn render(s: &mut String, a: &All) {
     );
     let _ = writeln!(
         s,
-        "| stock qmail, address in its ipme (issue 2 measurement) | perm_ambigmx | {} | {} | 0 |",
+        "| stock qmail, address in its ipme (measured earlier, quoted) | perm_ambigmx | {} | {} | 0 |",
         ms(stock::IPME_WALL_MS),
         ms(stock::IPME_CPU_MS)
     );

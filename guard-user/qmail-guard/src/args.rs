@@ -1,0 +1,162 @@
+//! Command line of qmail-guard (docs/pins.md).
+use std::{net::IpAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use guard_loader::DEFAULT_PIN_DIR;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "qmail-guard",
+    version,
+    about = "Kernel-enforced guard against qmail connecting to itself (NAT/MX loops)",
+    long_about = "qmail-guard attaches cgroup connect4/connect6 eBPF programs to qmail's cgroup. \
+A connect from that cgroup to a guarded port (25 by default) at one of this host's own addresses \
+(interfaces, local routes, 127/8, 0/8, ::, ::1 and control/moreipme, minus control/notipme) is \
+refused with ELOOP before any packet is sent; the Rust qmail-remote turns that into a permanent \
+#5.4.6 bounce instead of a mail loop."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the programs, fill the maps, attach to a cgroup, pin everything, then exit.
+    /// The guard stays in force after this process exits. Attaching twice is a no-op.
+    Attach {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        home: Home,
+        /// Guarded destination port (repeat for several). Applies to every attached cgroup.
+        #[arg(long = "port", value_name = "N", default_values_t = [guard_common::DEFAULT_PORT])]
+        ports: Vec<u16>,
+        #[command(flatten)]
+        pins: Pins,
+    },
+    /// Remove the guard from a cgroup (or from all); when nothing stays attached, also remove
+    /// the pinned programs and maps.
+    Detach {
+        #[command(flatten)]
+        target: DetachTarget,
+        #[command(flatten)]
+        pins: Pins,
+    },
+    /// Recompute the ipme set and update the pinned maps by difference (add before remove).
+    /// An invalid control file changes nothing.
+    Sync {
+        #[command(flatten)]
+        home: Home,
+        #[command(flatten)]
+        pins: Pins,
+    },
+    /// Attach (as `attach`), then keep the guard current and attached until SIGTERM: follows
+    /// address and local-route changes (rtnetlink), control/moreipme and control/notipme
+    /// (inotify), and re-attaches when a guarded cgroup is re-created (service restart). Logs
+    /// each refusal. SIGHUP forces a full recompute. The guard stays in force after exit.
+    /// Tells systemd READY=1 (Type=notify) once the maps are filled and attachments verified.
+    Run {
+        #[command(flatten)]
+        target: RunTarget,
+        #[command(flatten)]
+        home: Home,
+        /// Guarded destination port (repeat for several). Give `attach` the same ports.
+        #[arg(long = "port", value_name = "N", default_values_t = [guard_common::DEFAULT_PORT])]
+        ports: Vec<u16>,
+        #[command(flatten)]
+        pins: Pins,
+        /// Remove the guard from the targets on SIGTERM/SIGINT instead of leaving it in force.
+        #[arg(long)]
+        detach_on_exit: bool,
+        /// Period of the full resync behind the events, in seconds.
+        #[arg(long, value_name = "N", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+        resync_secs: u64,
+    },
+    /// Show attachments, entries per source, guarded ports and refusal counters.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        pins: Pins,
+    },
+    /// Print every entry of the ipme set computed now, with its source.
+    Print {
+        #[command(flatten)]
+        home: Home,
+    },
+    /// Would a connect to ADDR:PORT from the guarded cgroup be refused?
+    /// Exit 0 = refused, 1 = allowed, 2 = error. Uses the pinned maps when attached, else the
+    /// set computed now (with port 25 guarded).
+    Check {
+        /// Destination address (IPv4 or IPv6).
+        addr: IpAddr,
+        /// Destination port.
+        #[arg(default_value_t = guard_common::DEFAULT_PORT)]
+        port: u16,
+        #[command(flatten)]
+        home: Home,
+        #[command(flatten)]
+        pins: Pins,
+    },
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct Target {
+    /// A cgroup2 directory, e.g. /sys/fs/cgroup/system.slice/qmail.service.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// A systemd unit whose cgroup to use (resolved with systemctl).
+    #[arg(long, value_name = "NAME")]
+    pub unit: Option<String>,
+}
+
+/// `run` guards one or more cgroups (a missing one is attached when it appears).
+#[derive(Debug, Args)]
+#[group(required = true, multiple = true)]
+pub struct RunTarget {
+    /// A cgroup2 directory to guard (repeatable).
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<PathBuf>,
+    /// A systemd unit whose cgroup to guard (repeatable); it may be stopped at start.
+    #[arg(long = "unit", value_name = "NAME")]
+    pub units: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct DetachTarget {
+    /// A cgroup2 directory.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// A systemd unit whose cgroup to use.
+    #[arg(long, value_name = "NAME")]
+    pub unit: Option<String>,
+    /// Every attachment under the pin directory.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Home {
+    /// qmail's home directory (control/moreipme and control/notipme are read from it)
+    /// [default: $QMAILHOME, else the build-time default, /var/qmail]
+    #[arg(long, value_name = "DIR")]
+    qmail_home: Option<PathBuf>,
+}
+
+impl Home {
+    /// The directory to read, resolved like every other qmail-guard program does.
+    pub fn dir(&self) -> PathBuf {
+        ipme::qmail_home(self.qmail_home.clone())
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct Pins {
+    /// bpffs directory holding the pinned maps, programs and links.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+}

@@ -1,0 +1,86 @@
+//! ipmeprint: print the ipme set in the moreipme-0.6 format.
+//!
+//! `<ip>/<mask> is me` lines (IPv4 with a dotted netmask, as 0.6 prints them; IPv6 as
+//! `addr/len`), then `<ip>/<mask> is not me` lines. Exit 111 on a temporary (read/system)
+//! error, 100 on a bad control line, as qmail programs do.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use ipme::{Entry, IpNet, IpmeSet};
+
+const EXIT_PERMANENT: u8 = 100;
+const EXIT_TEMPORARY: u8 = 111;
+
+/// Print the addresses qmail treats as this host ("ipme"): interface addresses, local routes,
+/// built-ins (0.0.0.0/8, 127.0.0.0/8, ::, ::1), control/moreipme, and the control/notipme
+/// exceptions. The longest matching prefix decides; on the same prefix notipme wins.
+#[derive(Parser)]
+#[command(name = "ipmeprint", version)]
+struct Args {
+    /// qmail home directory [default: $QMAILHOME, else the build-time default, /var/qmail]
+    #[arg(long, value_name = "DIR")]
+    qmail_home: Option<PathBuf>,
+    /// Append each entry's source (interface, local route, control file line, builtin)
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            // --help/--version go to stdout with success; usage errors are permanent.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_PERMANENT)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let home = ipme::qmail_home(args.qmail_home);
+    let set = match IpmeSet::load(&home) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ipmeprint: {e}");
+            return ExitCode::from(if e.is_parse() {
+                EXIT_PERMANENT
+            } else {
+                EXIT_TEMPORARY
+            });
+        }
+    };
+    match print(&set, args.verbose) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ipmeprint: unable to write output: {e}");
+            ExitCode::from(EXIT_TEMPORARY)
+        }
+    }
+}
+
+fn print(set: &IpmeSet, verbose: bool) -> io::Result<()> {
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    for me in [true, false] {
+        for e in set.entries().iter().filter(|e| e.is_me() == me) {
+            writeln!(out, "{}", line(e, verbose))?;
+        }
+    }
+    out.flush()
+}
+
+fn line(e: &Entry, verbose: bool) -> String {
+    let net = match e.net {
+        IpNet::V4(n) => format!("{}/{}", n.network(), n.netmask()),
+        IpNet::V6(n) => format!("{}/{}", n.network(), n.prefix_len()),
+    };
+    let what = if e.is_me() { "is me" } else { "is not me" };
+    if verbose {
+        format!("{net} {what}\t# {}", e.source)
+    } else {
+        format!("{net} {what}")
+    }
+}

@@ -1,0 +1,116 @@
+//! The daemon's inputs, with memory: a control file that became invalid is replaced by its last
+//! good contents, while interfaces and local routes are always read fresh, so an address added
+//! while moreipme is broken is still guarded.
+use std::path::{Path, PathBuf};
+
+use guard_common::tag;
+
+use guard_loader::{GuardMaps, PinDir};
+use ipme::{
+    ControlKind, Entry, Inputs, IpNet, IpmeError, IpmeSet, Ipv4Net, Ipv6Net, Source, interfaces,
+    local_routes, read_control,
+};
+
+/// A computed set and the input problems it was computed despite.
+pub struct Computed {
+    pub set: IpmeSet,
+    /// One line per invalid control file (`control/moreipme:3: reason`), whose last good
+    /// contents were used instead.
+    pub errors: Vec<IpmeError>,
+}
+
+pub struct InputState {
+    home: PathBuf,
+    more: Option<Vec<Entry>>,
+    not: Option<Vec<Entry>>,
+}
+
+impl InputState {
+    pub fn new(home: &Path) -> Self {
+        InputState {
+            home: home.to_path_buf(),
+            more: None,
+            not: None,
+        }
+    }
+
+    /// Reads everything and computes the set. Errs on a kernel read failure (temporary: try
+    /// again later) and on an invalid control file that has no last good contents.
+    pub fn compute(&mut self) -> Result<Computed, IpmeError> {
+        let interfaces = interfaces()?;
+        let local_routes = local_routes()?;
+        let mut errors = Vec::new();
+        let moreipme = self.control(ControlKind::MoreIpme, &mut errors)?;
+        let notipme = self.control(ControlKind::NotIpme, &mut errors)?;
+        let set = IpmeSet::compute(&Inputs {
+            interfaces,
+            local_routes,
+            moreipme,
+            notipme,
+        });
+        Ok(Computed { set, errors })
+    }
+
+    fn control(
+        &mut self,
+        kind: ControlKind,
+        errors: &mut Vec<IpmeError>,
+    ) -> Result<Vec<Entry>, IpmeError> {
+        let slot = match kind {
+            ControlKind::MoreIpme => &mut self.more,
+            ControlKind::NotIpme => &mut self.not,
+        };
+        match read_control(&self.home, kind) {
+            Ok(entries) => {
+                *slot = Some(entries.clone());
+                Ok(entries)
+            }
+            Err(e) => match slot {
+                Some(good) => {
+                    errors.push(e);
+                    Ok(good.clone())
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    /// For a daemon restarted while a control file is invalid: take that file's last good
+    /// contents from the pinned maps (entries tagged moreipme / notipme). An entry that a
+    /// higher-priority source shadowed on the same prefix is not recoverable this way; it comes
+    /// back with the next valid edit.
+    pub fn seed_from_maps(&mut self, pins: &PinDir) -> bool {
+        let Ok(maps) = GuardMaps::open(pins) else {
+            return false;
+        };
+        let (Ok(v4), Ok(v6)) = (maps.read_v4(), maps.read_v6()) else {
+            return false;
+        };
+        let nets = v4
+            .iter()
+            .filter_map(|(&(len, data), &t)| {
+                Some((IpNet::V4(Ipv4Net::new(data.into(), len as u8).ok()?), t))
+            })
+            .chain(v6.iter().filter_map(|(&(len, data), &t)| {
+                Some((IpNet::V6(Ipv6Net::new(data.into(), len as u8).ok()?), t))
+            }));
+        let (mut more, mut not) = (Vec::new(), Vec::new());
+        for (net, t) in nets {
+            // Line 0: recovered from the maps, no line of the current file.
+            match t {
+                tag::MOREIPME => more.push(Entry {
+                    net,
+                    source: Source::MoreIpme { line: 0 },
+                }),
+                tag::NOT_ME => not.push(Entry {
+                    net,
+                    source: Source::NotIpme { line: 0 },
+                }),
+                _ => {}
+            }
+        }
+        self.more.get_or_insert(more);
+        self.not.get_or_insert(not);
+        true
+    }
+}

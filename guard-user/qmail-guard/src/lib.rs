@@ -1,0 +1,5 @@
+//! qmail-guard: the command line (`args`) and the daemon (`daemon`) that keep the kernel guard
+//! attached to qmail's cgroup and its maps equal to the ipme set. The binaries are `qmail-guard`
+//! and `ipmeprint`.
+pub mod args;
+pub mod daemon;

@@ -1,0 +1,163 @@
+//! One delivery, in stock order (docs/qmail-remote.md §2.1): arguments, chdir, control files, route, sender,
+//! ipme, recipients, DNS, loop rule, connect loop with tcpto, SMTP.
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::net::IpAddr;
+use std::path::Path;
+
+use super::args::Args;
+use super::connect::{self, Conn, ConnectError, poll_ms};
+use super::control;
+use super::dns::{self, Candidate, DnsError, Lcg, MxResult};
+use super::prefme::{self, IsMe};
+use super::quote::addrmangle;
+use super::report::{Output, Report};
+use super::resolver::{Hickory, ResolverInitError};
+use super::routes::Relay;
+use super::smtp::{Envelope, Session};
+use super::tcpto::Tcpto;
+use ipme::{IpmeError, IpmeSet};
+
+/// Delivers one message: recipient reports go to `out`, the message report is returned.
+pub fn run(argv: Vec<OsString>, home: &Path, msg: &mut dyn Read, out: &mut Output) -> Report {
+    match deliver(argv, home, msg, out) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn deliver(
+    argv: Vec<OsString>,
+    home: &Path,
+    msg: &mut dyn Read,
+    out: &mut Output,
+) -> Result<Report, Report> {
+    let args = Args::parse(argv).map_err(|_| Report::PermUsage)?;
+    std::env::set_current_dir(home).map_err(|_| Report::TempChdir)?;
+    // everything below is relative to the qmail home, like stock
+    let here = Path::new("");
+    let ctl = control::load(here).map_err(|_| Report::TempControl)?;
+    let relay = ctl.routes.route(&args.host);
+    let sender = addrmangle(&args.sender);
+    // Relays skip the loop rule (stock prefme 300000), so the ipme set is only needed without
+    // one.
+    let ipme = match relay {
+        Some(_) => None,
+        None => Some(IpmeSet::load(Path::new(".")).map_err(|e| ipme_failure(&e))?),
+    };
+    let recips: Vec<Vec<u8>> = args.recips.iter().map(|r| addrmangle(r)).collect();
+
+    let cands = candidates(&args.host, relay.as_ref(), ctl.ipv6)?;
+    let me = ipme.as_ref().map(|s| s as &dyn IsMe);
+    let eligible = prefme::eligible(&cands, me).map_err(|_| Report::PermAmbigmx)?;
+
+    let port = relay.as_ref().map_or(25, |r| r.port);
+    let mut tcpto = Tcpto::new(here);
+    for c in eligible {
+        if tcpto.skip(&c.ip) {
+            continue;
+        }
+        match connect::connect(c.ip, port, poll_ms(ctl.timeout_connect)) {
+            Ok(fd) => {
+                tcpto.record(&c.ip, false);
+                let session = Session::new(Conn::new(fd, poll_ms(ctl.timeout_remote)), c.ip);
+                let env = Envelope {
+                    helo: &ctl.helohost,
+                    sender: &sender,
+                    recips: &recips,
+                };
+                return Ok(session.deliver(&env, msg, out));
+            }
+            // the kernel guard says this address is us: a loop, never retried
+            Err(ConnectError::Guard) => return Err(Report::PermAmbigmx),
+            Err(ConnectError::Socket(_)) if c.ip.is_ipv4() => return Err(Report::TempOserr),
+            // no IPv6 sockets on this host: the address is unusable, try the next
+            Err(ConnectError::Socket(_)) => {}
+            Err(ConnectError::Failed { timeout, .. }) => tcpto.record(&c.ip, timeout),
+        }
+    }
+    Err(Report::TempNoconn)
+}
+
+/// A bad or unreadable control/moreipme or control/notipme is a configuration problem that
+/// the admin fixes: temp_control (Z, nothing is lost). Failing to list interfaces or local
+/// routes is stock's ipme_init failure: temp_oserr.
+pub fn ipme_failure(e: &IpmeError) -> Report {
+    match e {
+        IpmeError::Parse { .. } | IpmeError::Read { .. } => Report::TempControl,
+        _ => Report::TempOserr,
+    }
+}
+
+/// Addresses for the host (MX) or the relay (A/AAAA), mapped to stock's reports.
+fn candidates(host: &[u8], relay: Option<&Relay>, ipv6: bool) -> Result<Vec<Candidate>, Report> {
+    let name: &[u8] = relay.map_or(host, |r| &r.host);
+    let perm_dns = || Report::PermDns {
+        host: name.to_vec(),
+    };
+    let mut cands = match dns::literal(name) {
+        // literals need no resolver, so no runtime is built for them
+        Some(ip) => vec![Candidate { ip, pref: 0 }],
+        None => {
+            let h = Hickory::new().map_err(|e| match e {
+                ResolverInitError::Runtime(_) => Report::TempOserr,
+                ResolverInitError::Config(_) => Report::TempDns,
+            })?;
+            let res = if relay.is_some() {
+                h.block_on(dns::relay_ip(&h, name, ipv6))
+                    .map(|candidates| MxResult {
+                        candidates,
+                        soft: false,
+                    })
+            } else {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let mut rng = Lcg::stock_seed(now, std::process::id());
+                h.block_on(dns::mx_ip(&h, name, ipv6, &mut rng))
+            };
+            match res {
+                Err(DnsError::Soft) => return Err(Report::TempDns),
+                Err(DnsError::Hard) => return Err(perm_dns()),
+                Ok(MxResult { candidates, soft }) => {
+                    if soft && candidates.is_empty() {
+                        return Err(Report::TempDns);
+                    }
+                    candidates
+                }
+            }
+        }
+    };
+    if !ipv6 {
+        cands.retain(|c| !matches!(c.ip, IpAddr::V6(_)));
+    }
+    if cands.is_empty() {
+        return Err(Report::PermNomx);
+    }
+    Ok(cands)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipme_errors() {
+        let parse = IpmeError::Parse {
+            file: "control/moreipme",
+            line: 1,
+            reason: "x".into(),
+        };
+        assert_eq!(ipme_failure(&parse), Report::TempControl);
+        let read = IpmeError::Read {
+            path: "control/notipme".into(),
+            source: std::io::Error::from_raw_os_error(libc::EISDIR),
+        };
+        assert_eq!(ipme_failure(&read), Report::TempControl);
+        let ifs = IpmeError::Interfaces(std::io::Error::from_raw_os_error(libc::ENOMEM));
+        assert_eq!(ipme_failure(&ifs), Report::TempOserr);
+        let nl = IpmeError::Netlink(std::io::Error::from_raw_os_error(libc::ENOBUFS));
+        assert_eq!(ipme_failure(&nl), Report::TempOserr);
+    }
+}
