@@ -40,6 +40,19 @@ pub const PACKAGES: &[Package] = &[
     p("strace", "debugging and syscall checks"),
     p("time", "/usr/bin/time for CPU/time measurements"),
     p("systemd", "systemctl (--unit) and systemd-analyze verify"),
+    p(
+        "qemu-system-x86",
+        "test --kernel: boots Debian's kernels under QEMU",
+    ),
+    p(
+        "busybox-static",
+        "test --kernel: the VM initramfs's shell and tools",
+    ),
+    p(
+        "kmod",
+        "test --kernel: depmod for the kernel package, modprobe in the VM",
+    ),
+    p("cpio", "test --kernel: packs the VM initramfs"),
 ];
 
 /// Services some packages start on install; we keep them from running on the host (the tests

@@ -10,6 +10,7 @@ mod root;
 mod setup;
 mod test;
 mod toolchain;
+mod vm;
 mod workspace;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,9 @@ enum Command {
     Bench(bench::Options),
     /// Show the NAT loop and the guard stopping it, step by step, in network namespaces.
     Demo(demo::Options),
+    /// Inside a test VM only: PID 1 that runs the tests of a plan (see `test --kernel`).
+    #[command(hide = true)]
+    VmGuest { plan: std::path::PathBuf },
 }
 
 fn main() -> std::process::ExitCode {
@@ -43,6 +47,7 @@ fn main() -> std::process::ExitCode {
         Command::Test(o) => test::run(&o),
         Command::Bench(o) => bench::run(&o),
         Command::Demo(o) => demo::run(&o),
+        Command::VmGuest { plan } => vm::guest::run(&plan),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,14 +1,15 @@
 //! `cargo xtask test`: setup, then format and lint checks, build, and every unit and real-kernel
 //! integration test. Lint failures do not stop the tests from running, but fail the run.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
-use crate::{bpf_linker, cmd, root, setup, workspace};
+use crate::{bpf_linker, cmd, root, setup, vm, workspace};
 
 /// Only builds for bpfel-unknown-none (guard-loader's build.rs does that); on the host its
 /// `#![no_main]` binary cannot link, so build and test skip it (clippy still checks it).
@@ -21,6 +22,10 @@ pub struct Options {
     /// Skip `cargo xtask setup`.
     #[arg(long)]
     no_setup: bool,
+    /// Instead of the host kernel, boot this Debian kernel under QEMU and run the kernel
+    /// integration tests in it: debian12 (6.1) or debian11 (5.10). Repeatable.
+    #[arg(long = "kernel", value_name = "NAME", value_parser = parse_kernel)]
+    kernels: Vec<vm::KernelSpec>,
     /// Arguments for `cargo test --workspace` after `--`, e.g. `-- nat` or `-- -p guard-tests -- --nocapture`.
     #[arg(last = true)]
     cargo_test_args: Vec<OsString>,
@@ -45,6 +50,10 @@ pub fn run(o: &Options) -> Result<()> {
             .env("PATH", &path);
         c
     };
+
+    if !o.kernels.is_empty() {
+        return kernels(o, &cargo, &bin_dir, &path, started);
+    }
 
     let mut failed = Vec::new();
     for mut c in [
@@ -86,6 +95,85 @@ pub fn run(o: &Options) -> Result<()> {
     }
     println!("cargo xtask test: all checks and tests passed in {secs:.0} s");
     Ok(())
+}
+
+fn parse_kernel(name: &str) -> Result<vm::KernelSpec> {
+    vm::KernelSpec::parse(name)
+}
+
+/// `--kernel`: build the binaries and the integration test executables on the host, then
+/// run the VM selection of them on each kernel.
+fn kernels(
+    o: &Options,
+    cargo: &dyn Fn(&[&str]) -> Command,
+    bin_dir: &Path,
+    path: &OsString,
+    started: Instant,
+) -> Result<()> {
+    if !o.cargo_test_args.is_empty() {
+        bail!("--kernel runs a fixed selection of tests: drop the arguments after `--`");
+    }
+    step(&mut cargo(&[
+        "build",
+        "--workspace",
+        "--exclude",
+        BPF_ONLY_CRATE,
+        "--bins",
+    ]))?;
+    let mut build = cargo(&[
+        "test",
+        "-p",
+        "guard-tests",
+        "--tests",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ]);
+    println!("==> {}", cmd::display(&build));
+    let tests = test_executables(&cmd::stdout(&mut build)?)?;
+    let xtask = std::env::current_exe().context("cannot find the running xtask binary")?;
+    let env = vec![
+        (BIN_DIR_ENV.to_string(), bin_dir.display().to_string()),
+        ("PATH".to_string(), path.to_string_lossy().into_owned()),
+        ("HOME".to_string(), "/root".to_string()),
+        ("RUST_BACKTRACE".to_string(), "1".to_string()),
+        ("LANG".to_string(), "C.UTF-8".to_string()),
+    ];
+    let run_dir = workspace::target_dir()?.join("vm");
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create {}", run_dir.display()))?;
+    vm::run(&o.kernels, &xtask, &tests, env, &run_dir)?;
+    println!(
+        "cargo xtask test --kernel: passed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Test target name → executable, from `cargo test --no-run --message-format=json`.
+fn test_executables(json_lines: &str) -> Result<HashMap<String, PathBuf>> {
+    let mut map = HashMap::new();
+    for line in json_lines.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let is_test = v["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "test"));
+        if let (true, Some(name), Some(exe)) = (
+            is_test,
+            v["target"]["name"].as_str(),
+            v["executable"].as_str(),
+        ) {
+            map.insert(name.to_string(), PathBuf::from(exe));
+        }
+    }
+    if map.is_empty() {
+        bail!("`cargo test --no-run` reported no test executables");
+    }
+    Ok(map)
 }
 
 /// Runs one step, announcing it and its duration.
