@@ -1,5 +1,5 @@
 //! `cargo xtask test --kernel NAME…`: the real-kernel integration tests on Debian's kernels,
-//! each booted under QEMU with this machine's userland and build (see docs/vm-tests.md).
+//! each booted under QEMU with this machine's userland and build (README: "Other kernels").
 
 mod cache;
 mod fetch;
