@@ -48,6 +48,8 @@ pub enum Reply {
     Drop,
     /// Never answer; keep the connection open until the client goes away.
     Silent,
+    /// Send these bytes, then reset the connection (RST, not FIN: SO_LINGER 0).
+    ThenReset(Vec<u8>),
 }
 
 impl Reply {
@@ -276,6 +278,26 @@ fn read_line(
 fn answer(conn: &mut TcpStream, r: &Reply) -> bool {
     match r {
         Reply::Send(b) => conn.write_all(b).is_ok(),
+        Reply::ThenReset(b) => {
+            let off = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: a valid linger struct for the duration of the call; closing the socket
+            // afterwards (the caller ends the session) then sends RST.
+            unsafe {
+                libc::setsockopt(
+                    conn.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&raw const off).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                );
+            }
+            // linger is set first so the reset follows the reply as closely as possible
+            let _ = conn.write_all(b);
+            false
+        }
         Reply::Drop | Reply::Silent => false,
     }
 }

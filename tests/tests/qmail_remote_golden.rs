@@ -317,6 +317,49 @@ fn connection_dropped_before_and_after_the_dot() {
     assert!(sess.dot && !sess.quit);
 }
 
+/// A connection that dies while the body is still going out cannot have delivered the message:
+/// no "Possible duplicate!" (stock raises it only for the write that carries the final dot).
+/// The message comes through a FIFO that is filled only after the server has reset, so the
+/// client's body write always meets the reset.
+#[test]
+fn reset_after_354_is_no_possible_duplicate() {
+    let mut msg = b"Subject: big\n\n".to_vec();
+    while msg.len() < 4096 {
+        msg.extend_from_slice(b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n");
+    }
+    let s = sink(Script {
+        data: Reply::ThenReset(b"354 go ahead\r\n".to_vec()),
+        ..Script::default()
+    });
+    let h = home_for(&s);
+    let fifo = h.path().join("queue/mess/fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo");
+    let run = std::thread::scope(|sc| {
+        let client = sc.spawn(|| {
+            Invocation::new(&h, "example.test", "s@x.test", &["r@example.test"])
+                .stdin_path(&fifo)
+                .run()
+        });
+        // blocks until qmail-remote's stdin is opened
+        let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while s.sessions().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "server never reset");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::io::Write::write_all(&mut w, &msg).unwrap();
+        drop(w);
+        client.join().unwrap()
+    });
+    run.expect(
+        format!("r\0ZConnected to {IP} but connection died. (#4.4.2)\n\0").as_bytes(),
+        b'Z',
+    );
+    assert!(!s.one_session().dot);
+}
+
 #[test]
 fn timeoutremote_applies_to_each_read() {
     for (script, dup) in [

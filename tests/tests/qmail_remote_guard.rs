@@ -111,6 +111,58 @@ fn mx_at_a_nat_address_known_only_to_the_guard_is_refused_as_ambigmx() {
     assert_eq!(mh.host_listener.accepted().len(), looped);
 }
 
+/// The guard's refusal means what an ipme address means in qmail's MX rule: that MX and every
+/// MX of equal or worse preference are "me". Only without a better MX is that perm_ambigmx; a
+/// refused backup MX leaves the better MX's outcome (here: no connection, so Z).
+#[test]
+fn refused_backup_mx_defers_and_refused_best_mx_bounces() {
+    let mh = scene::mail_host();
+    let g = Guard::new(&mh.host);
+    scene::write_control(&g);
+    // the better MX is down: connections to it are refused
+    mh.host.nft(&format!(
+        "table inet qrdown {{\n chain out {{\n  type filter hook output priority 0;\n  \
+         ip daddr {OTHER_V4} tcp dport 25 reject with tcp reset\n }}\n}}\n"
+    ));
+    let _dns = Dnsmasq::start(
+        &mh.host,
+        &[
+            "mx-host=bk.test,down.bk.test,10",
+            "mx-host=bk.test,mx.loop.test,20",
+            "mx-host=best.test,mx.loop.test,10",
+            "mx-host=best.test,down.bk.test,20",
+            "mx-host=tie.test,mx.loop.test,10",
+            "mx-host=tie.test,down.bk.test,10",
+            &format!("host-record=down.bk.test,{OTHER_V4}"),
+            &format!("host-record=mx.loop.test,{MORE_SINGLE}"),
+        ],
+    );
+    // qmail-remote's own home has no moreipme: only the guard knows mx.loop.test is this host
+    let home = QmailHome::new();
+    home.write_control("timeoutremote", "1\n");
+    run(&mh, &home, "bk.test").expect(&died(MORE_SINGLE), b'Z');
+    let reached = accepted_at(&mh, MORE_SINGLE);
+    assert_eq!(reached, 1, "without the guard the backup MX is reached");
+
+    g.attach(&mh.cgroup);
+    run(&mh, &home, "bk.test").expect(NOCONN, b'Z');
+    run(&mh, &home, "best.test").expect(AMBIG, b'D');
+    // tied with the best preference is "best" too, whichever order the tie-break picks
+    for _ in 0..4 {
+        run(&mh, &home, "tie.test").expect(AMBIG, b'D');
+    }
+    assert_eq!(accepted_at(&mh, MORE_SINGLE), reached, "no new loop");
+    assert_eq!(accepted_at(&mh, OTHER_V4), 0);
+
+    // the same verdicts as with the address in qmail-remote's moreipme (stock's rule)
+    home.write_control("moreipme", &format!("{MORE_SINGLE}\n"));
+    run(&mh, &home, "bk.test").expect(NOCONN, b'Z');
+    run(&mh, &home, "best.test").expect(AMBIG, b'D');
+    run(&mh, &home, "tie.test").expect(AMBIG, b'D');
+    // neither the refusals nor the guard counted as timeouts
+    assert!(home.tcpto().iter().all(|&b| b == 0));
+}
+
 #[test]
 fn firewall_reject_and_drop_take_the_stock_temporary_path() {
     let mh = scene::mail_host();

@@ -274,6 +274,19 @@ impl Conn {
         Ok(())
     }
 
+    /// True if the peer has already closed or reset the connection (checked without waiting).
+    /// Unsolicited data does not count: only a hang-up or a socket error does.
+    pub fn peer_gone(&self) -> bool {
+        let mut p = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let r = unsafe { libc::poll(&mut p, 1, 0) };
+        r > 0 && p.revents & (libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) != 0
+    }
+
     /// One non-blocking attempt, result ignored: used for QUIT, whose outcome changes nothing.
     pub fn send_and_forget(&mut self, data: &[u8]) {
         // SAFETY: data is valid for data.len() bytes of reads.

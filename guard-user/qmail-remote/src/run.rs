@@ -10,7 +10,7 @@ use super::args::Args;
 use super::connect::{self, Conn, ConnectError, poll_ms};
 use super::control;
 use super::dns::{self, Candidate, DnsError, Lcg, MxResult};
-use super::prefme::{self, IsMe};
+use super::prefme::{self, IsMe, LateMe};
 use super::quote::addrmangle;
 use super::report::{Output, Report};
 use super::resolver::{Hickory, ResolverInitError};
@@ -53,8 +53,9 @@ fn deliver(
 
     let port = relay.as_ref().map_or(25, |r| r.port);
     let mut tcpto = Tcpto::new(here);
-    for c in eligible {
-        if tcpto.skip(&c.ip) {
+    let mut late = LateMe::new();
+    for c in &eligible {
+        if !late.allows(c) || tcpto.skip(&c.ip) {
             continue;
         }
         match connect::connect(c.ip, port, poll_ms(ctl.timeout_connect)) {
@@ -68,14 +69,15 @@ fn deliver(
                 };
                 return Ok(session.deliver(&env, msg, out));
             }
-            // the kernel guard says this address is us: a loop, never retried
-            Err(ConnectError::Guard) => return Err(Report::PermAmbigmx),
+            // the kernel guard says this address is us: stock's loop rule, applied now
+            Err(ConnectError::Guard) => late.found(c),
             Err(ConnectError::Socket(_)) if c.ip.is_ipv4() => return Err(Report::TempOserr),
             // no IPv6 sockets on this host: the address is unusable, try the next
             Err(ConnectError::Socket(_)) => {}
             Err(ConnectError::Failed { timeout, .. }) => tcpto.record(&c.ip, timeout),
         }
     }
+    late.verdict(&eligible).map_err(|_| Report::PermAmbigmx)?;
     Err(Report::TempNoconn)
 }
 

@@ -3,6 +3,9 @@
 //!
 //! Deviations, each so that no mail is lost or duplicated:
 //! - K only for a 2xx reply after the final dot; stock also accepted 1xx/3xx (now Z).
+//! - "Possible duplicate!" only once the final dot was handed to the kernel; stock raised it
+//!   before the last write of up to 1 KB of body plus the dot, so a reset during the body gave
+//!   a false duplicate warning.
 //! - QUIT is one non-blocking send whose failure is ignored; stock reported "connection died"
 //!   (Z, so the message was sent again) when writing QUIT failed after the verdict.
 
@@ -18,6 +21,8 @@ const HUGESMTPTEXT: usize = 5000;
 /// The body is sent in writes of at least this size (and read in pieces of half of it); both
 /// buffers stay below glibc's mmap threshold so they come from the heap without extra calls.
 const CHUNK: usize = 64 * 1024;
+/// The end of DATA, as the encoder appends it.
+const DOT: &[u8] = b".\r\n";
 
 /// What to send.
 pub struct Envelope<'a> {
@@ -224,9 +229,18 @@ impl Session {
             }
         }
         enc.finish(&mut wire).map_err(|_| Report::PermPartialline)?;
-        // stock sets flagcritical before the flush that carries the dot
+        // "Possible duplicate!" only once the server can have the dot: a connection that dies
+        // while body bytes are still going out (a reset right after 354) cannot have delivered
+        // the message. So the dot goes in a write of its own, after checking the peer has not
+        // hung up meanwhile, and the flag is raised once the kernel has taken it.
+        let body = wire.len() - DOT.len();
+        self.send(&wire[..body])?;
+        if self.conn.peer_gone() {
+            return Err(self.dropped());
+        }
+        self.send(DOT)?;
         self.critical = true;
-        self.send(&wire)
+        Ok(())
     }
 }
 
