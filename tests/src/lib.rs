@@ -14,6 +14,8 @@ pub mod dnsmasq;
 pub mod errno;
 pub mod guard;
 pub mod listener;
+pub mod machine;
+pub mod machine_image;
 pub use guard_mountinfo as mountinfo;
 pub mod mta;
 pub mod mx_scene;

@@ -387,7 +387,7 @@ fn systemd_units_pass_systemd_analyze_verify() {
             &dropin,
             "ExecStartPre=+/usr/local/bin/qmail-guard attach --unit %n",
         ),
-        (&dropin, "Requires=qmail-guard.service"),
+        (&dropin, "Wants=qmail-guard.service"),
         (&dropin, "After=qmail-guard.service"),
     ] {
         assert!(text.lines().any(|l| l == must), "missing line {must:?}");

@@ -53,6 +53,11 @@ pub const PACKAGES: &[Package] = &[
         "test --kernel: depmod for the kernel package, modprobe in the VM",
     ),
     p("cpio", "test --kernel: packs the VM initramfs"),
+    p(
+        "systemd-container",
+        "systemd-nspawn: the systemd tests boot a real systemd in a container",
+    ),
+    p("mmdebstrap", "builds the Debian root those containers boot"),
 ];
 
 /// Services some packages start on install; we keep them from running on the host (the tests

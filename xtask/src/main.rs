@@ -6,6 +6,7 @@ mod bpffs;
 mod cmd;
 mod demo;
 mod kit;
+mod machine_image;
 mod root;
 mod setup;
 mod test;
@@ -28,7 +29,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Install what building and testing need (toolchains, rust-src, bpf-linker, apt packages,
-    /// bpffs). Idempotent: a second run takes seconds.
+    /// bpffs, the systemd tests' container image). Idempotent: a second run takes seconds.
     Setup(setup::Options),
     /// Run setup, build everything, then run all unit and real-kernel integration tests (root).
     Test(test::Options),

@@ -6,6 +6,9 @@
 //! guard-probe child-connect ADDR PORT   fork; the child connects    -> the child's line
 //! guard-probe listen ADDR PORT...       listen, accept forever      -> listening, accepted L P…
 //! guard-probe self                      where am I                  -> cgroup=PATH netns=INODE
+//! guard-probe service ADDR PORT...      a service's main process: connects to each in order
+//!                                       first thing, then stays      -> ADDR PORT ok|errno…,
+//!                                                                       cgroup=…, ready
 //! ```
 //! The test harness starts it already inside the cgroup and netns under test, so every socket
 //! it creates belongs to that cgroup. Exit status 2 means bad usage or an unexpected failure
@@ -35,8 +38,9 @@ fn main() {
         ["child-connect", addr, port] => println!("{}", child_connect(sockaddr(addr, port))),
         ["listen", addr, ports @ ..] if !ports.is_empty() => listen(addr, ports),
         ["self"] => println!("{}", whereabouts()),
+        ["service", pairs @ ..] if !pairs.is_empty() && pairs.len() % 2 == 0 => service(pairs),
         _ => die(
-            "usage: guard-probe connect|tfo|child-connect ADDR PORT | listen ADDR PORT... | self",
+            "usage: guard-probe connect|tfo|child-connect ADDR PORT | listen ADDR PORT... | self | service ADDR PORT [ADDR PORT]...",
         ),
     }
 }
@@ -197,6 +201,25 @@ fn unmap(a: SocketAddr) -> SocketAddr {
             None => a,
         },
         SocketAddr::V4(_) => a,
+    }
+}
+
+/// Stands in for a daemon such as qmail-send: its very first actions are the connects (so a
+/// guard attached late shows up as a connect that was not refused), then it reports where it
+/// runs and stays until killed.
+fn service(pairs: &[&str]) -> ! {
+    let mut out = io::stdout().lock();
+    for pair in pairs.chunks(2) {
+        let v = verdict(connect(sockaddr(pair[0], pair[1])));
+        let _ = writeln!(out, "{} {} {v}", pair[0], pair[1]);
+    }
+    let _ = writeln!(out, "{}", whereabouts());
+    let _ = writeln!(out, "ready");
+    let _ = out.flush();
+    drop(out);
+    loop {
+        // SAFETY: pause(2) has no preconditions; it returns only after a handled signal.
+        unsafe { libc::pause() };
     }
 }
 

@@ -1,0 +1,468 @@
+//! The shipped systemd units (dist/systemd/) under a real systemd, booted in a container.
+//!
+//! `qmail.service` here is a stand-in whose main process connects to "me" addresses as its
+//! very first action, then stays (guard-probe `service`); it carries the shipped drop-in, and
+//! `qmail-guard.service` is installed as shipped. The container has its own network namespace
+//! (only `lo`): 192.0.2.25 and .26 have no route there, so an unguarded connect to them fails
+//! with ENETUNREACH and a guarded one with ELOOP; a listener on 127.0.0.1:25 and :2525 makes an
+//! unguarded loopback connect succeed. Connects made later "from inside qmail" are guard-probe
+//! processes the host puts into qmail's cgroup and the container's network namespace.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use guard_tests::bins;
+use guard_tests::bpftool;
+use guard_tests::cmd;
+use guard_tests::machine::{Bind, Machine};
+use guard_tests::nsenter;
+use guard_tests::probe::ProbeResult::{self, Ok as Allowed};
+
+const REFUSED: ProbeResult = ProbeResult::REFUSED;
+const UNREACHABLE: ProbeResult = ProbeResult::Errno(libc::ENETUNREACH);
+
+const QMAIL: &str = "qmail.service";
+const GUARD: &str = "qmail-guard.service";
+const LISTENER: &str = "qgt-listener.service";
+/// Where guard-probe is bind-mounted inside the container.
+const PROBE: &str = "/usr/local/lib/qmail-guard-test/guard-probe";
+/// The stand-in's report (StandardOutput=truncate:, so each start rewrites it).
+const REPORT: &str = "/run/qmail-probe.out";
+/// In control/moreipme from the start.
+const MORE: &str = "192.0.2.25";
+/// Added to control/moreipme by some tests.
+const MORE2: &str = "192.0.2.26";
+const MOREIPME: &str = "/var/qmail/control/moreipme";
+/// How long systemd may take for a start, a restart or a daemon's automatic restart.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The connects the stand-in makes first thing, and what the guard must make of them.
+const FIRST_CONNECTS: [(&str, u16, ProbeResult); 4] = [
+    (MORE, 25, REFUSED),
+    ("127.0.0.1", 25, REFUSED),
+    ("::1", 25, REFUSED),
+    // Not a guarded port: the listener answers.
+    ("127.0.0.1", 2525, Allowed),
+];
+
+fn dist(file: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../dist/systemd")
+        .join(file);
+    fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
+}
+
+/// The program of the unit line `key=` (without systemd's `+-@!:` prefixes).
+fn exec_program(unit: &str, key: &str) -> String {
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= line in the unit:\n{unit}"));
+    line.trim_start_matches(['+', '-', '@', '!', ':'])
+        .split_whitespace()
+        .next()
+        .unwrap_or_else(|| panic!("empty {key}= line"))
+        .to_string()
+}
+
+/// A container with the shipped units installed, the listener running and qmail not started.
+struct QmailHost {
+    m: Machine,
+}
+
+impl QmailHost {
+    fn boot() -> QmailHost {
+        let service = dist("qmail-guard.service");
+        let dropin = dist("qmail.service.d/qmail-guard.conf");
+        let guard_bin = exec_program(&service, "ExecStart");
+        assert_eq!(
+            exec_program(&dropin, "ExecStartPre"),
+            guard_bin,
+            "the drop-in and the service must run the same qmail-guard"
+        );
+        let host_guard = bins::bin_path("qmail-guard");
+        let host_probe = bins::probe_path();
+        let m = Machine::boot(&[
+            Bind {
+                host: &host_guard,
+                inside: &guard_bin,
+            },
+            Bind {
+                host: &host_probe,
+                inside: PROBE,
+            },
+        ]);
+        // Where a package puts it (so that `systemctl mask` can override it from /etc).
+        m.write("/usr/lib/systemd/system/qmail-guard.service", &service);
+        m.write(
+            "/etc/systemd/system/qmail.service.d/qmail-guard.conf",
+            &dropin,
+        );
+        let connects: Vec<String> = FIRST_CONNECTS
+            .iter()
+            .map(|(a, p, _)| format!("{a} {p}"))
+            .collect();
+        m.write(
+            "/etc/systemd/system/qmail.service",
+            &format!(
+                "[Unit]\nDescription=qmail stand-in: connects first thing, then stays\n\
+                 [Service]\nExecStart={PROBE} service {}\n\
+                 StandardOutput=truncate:{REPORT}\nStandardError=journal\n",
+                connects.join(" ")
+            ),
+        );
+        m.write(
+            &format!("/etc/systemd/system/{LISTENER}"),
+            &format!(
+                "[Unit]\nDescription=answers on 127.0.0.1:25 and :2525\n\
+                 [Service]\nExecStart={PROBE} listen 127.0.0.1 25 2525\n"
+            ),
+        );
+        m.write(MOREIPME, &format!("{MORE}\n"));
+        m.systemctl_ok(&["daemon-reload"]);
+        m.systemctl_ok(&["start", LISTENER]);
+        let h = QmailHost { m };
+        h.eventually("the listener to answer", || {
+            h.connect_outside("127.0.0.1", 25) == Allowed
+        });
+        h
+    }
+
+    /// Polls `f` until it holds, failing with the journal after [`TIMEOUT`].
+    fn eventually(&self, what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + TIMEOUT;
+        while !f() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; journal:\n{}",
+                self.m.journal_tail(80)
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn active_state(&self, unit: &str) -> String {
+        self.m.property(unit, "ActiveState")
+    }
+
+    fn main_pid(&self, unit: &str) -> u32 {
+        let v = self.m.property(unit, "MainPID");
+        v.parse()
+            .unwrap_or_else(|_| panic!("MainPID of {unit} is {v:?}"))
+    }
+
+    /// qmail's cgroup as the host sees it.
+    fn qmail_cgroup(&self) -> PathBuf {
+        let cg = self.m.property(QMAIL, "ControlGroup");
+        assert!(!cg.is_empty(), "{QMAIL} has no cgroup (not running?)");
+        self.m.host_cgroup(&cg)
+    }
+
+    fn cgroup_id(path: &Path) -> u64 {
+        fs::metadata(path)
+            .unwrap_or_else(|e| panic!("cannot stat {}: {e}", path.display()))
+            .ino()
+    }
+
+    /// Starts (or restarts) qmail and returns its main process' report.
+    fn start_qmail(&self, verb: &str) -> Report {
+        let _ = fs::remove_file(self.m.path(REPORT));
+        self.m.systemctl_ok(&[verb, QMAIL]);
+        let mut text = String::new();
+        self.eventually("qmail's main process to report", || {
+            text = self.m.read(REPORT).unwrap_or_default();
+            text.lines().any(|l| l == "ready")
+        });
+        Report::parse(&text)
+    }
+
+    /// A connect made by a new process in qmail's cgroup.
+    fn connect_in_qmail(&self, addr: &str, port: u16) -> ProbeResult {
+        let cg = self.qmail_cgroup();
+        assert!(
+            cg.is_dir(),
+            "qmail's cgroup {} is gone: qmail was stopped or restarted; journal:\n{}",
+            cg.display(),
+            self.m.journal_tail(40)
+        );
+        self.probe(Some(&cg), addr, port)
+    }
+
+    /// A connect made in the container's network namespace but outside qmail's cgroup.
+    fn connect_outside(&self, addr: &str, port: u16) -> ProbeResult {
+        self.probe(None, addr, port)
+    }
+
+    fn probe(&self, cgroup: Option<&Path>, addr: &str, port: u16) -> ProbeResult {
+        let mut c = Command::new(bins::probe_path());
+        c.args(["connect", addr, &port.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        nsenter::enter(&mut c, cgroup, &self.m.netns_path());
+        let out = cmd::output(&mut c);
+        cmd::ensure_success(&c, &out);
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        ProbeResult::parse(&line).unwrap_or_else(|| panic!("guard-probe printed {line:?}"))
+    }
+
+    /// The guarded connects from inside qmail are refused, the others allowed.
+    fn assert_guarded(&self, when: &str) {
+        for (addr, port, want) in FIRST_CONNECTS {
+            let got = self.connect_in_qmail(addr, port);
+            assert_eq!(
+                got, want,
+                "{when}: connect to [{addr}]:{port} from qmail's cgroup"
+            );
+        }
+    }
+
+    /// Exactly one connect4 and one connect6 program on qmail's cgroup, eventually (the
+    /// drop-in's attach and the daemon may both see a new cgroup; they must not double up),
+    /// and only that cgroup's links pinned (the dead ones' unpinned).
+    fn assert_one_attachment(&self) {
+        let cg = self.qmail_cgroup();
+        let id = Self::cgroup_id(&cg);
+        let want = vec![format!("{id}-connect4"), format!("{id}-connect6")];
+        let mut last = (Vec::new(), (0, 0));
+        self.eventually("one attachment per hook, pinned once", || {
+            last = (self.pinned_links(), bpftool::connect_hook_counts(&cg));
+            last == (want.clone(), (1, 1))
+        });
+    }
+
+    fn pinned_links(&self) -> Vec<String> {
+        let dir = self.m.bpf_dir().join("qmail-guard/links");
+        let mut v: Vec<String> = match fs::read_dir(&dir) {
+            Ok(rd) => rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => panic!("cannot list {}: {e}", dir.display()),
+        };
+        v.sort();
+        v
+    }
+}
+
+/// What the stand-in's main process reported: its first connects and its cgroup.
+#[derive(Debug)]
+struct Report {
+    connects: Vec<(String, u16, ProbeResult)>,
+    cgroup: String,
+}
+
+impl Report {
+    fn parse(text: &str) -> Report {
+        let mut connects = Vec::new();
+        let mut cgroup = None;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("cgroup=") {
+                cgroup = rest.split_whitespace().next().map(str::to_string);
+            } else if line != "ready" {
+                let mut w = line.splitn(3, ' ');
+                let (Some(a), Some(p), Some(v)) = (w.next(), w.next(), w.next()) else {
+                    panic!("bad report line {line:?} in:\n{text}");
+                };
+                let port = p.parse().unwrap_or_else(|_| panic!("bad port in {line:?}"));
+                let verdict =
+                    ProbeResult::parse(v).unwrap_or_else(|| panic!("bad verdict in {line:?}"));
+                connects.push((a.to_string(), port, verdict));
+            }
+        }
+        Report {
+            connects,
+            cgroup: cgroup.unwrap_or_else(|| panic!("no cgroup line in:\n{text}")),
+        }
+    }
+
+    /// The very first connects of the main process got the guard's verdicts.
+    fn assert_guarded_from_the_start(&self, when: &str) {
+        let want: Vec<(String, u16, ProbeResult)> = FIRST_CONNECTS
+            .iter()
+            .map(|(a, p, r)| (a.to_string(), *p, *r))
+            .collect();
+        assert_eq!(self.connects, want, "{when}: qmail's first connects");
+        assert_eq!(self.cgroup, format!("/system.slice/{QMAIL}"), "{when}");
+    }
+}
+
+/// (a) The drop-in attaches before qmail's main process runs; (b) every restart (a new cgroup)
+/// is guarded before its first connect, with no duplicate or stale attachments.
+#[test]
+fn qmail_is_guarded_from_its_first_connect_also_after_restarts() {
+    let h = QmailHost::boot();
+    assert_eq!(
+        h.active_state(GUARD),
+        "inactive",
+        "nothing started the guard yet"
+    );
+    h.start_qmail("start")
+        .assert_guarded_from_the_start("first start");
+    assert_eq!(
+        h.active_state(GUARD),
+        "active",
+        "qmail's start pulls the daemon in"
+    );
+    h.assert_guarded("after the first start");
+    h.assert_one_attachment();
+
+    for i in 1..=3 {
+        let old = QmailHost::cgroup_id(&h.qmail_cgroup());
+        h.start_qmail("restart")
+            .assert_guarded_from_the_start(&format!("restart {i}"));
+        let new = QmailHost::cgroup_id(&h.qmail_cgroup());
+        assert_ne!(old, new, "restart {i}: systemd made a new cgroup");
+        h.assert_guarded(&format!("after restart {i}"));
+        h.assert_one_attachment();
+    }
+}
+
+/// (c) `kill -9` of the daemon: systemd restarts it, the guard stays in force meanwhile, qmail
+/// is not touched, and the new daemon follows control/moreipme again.
+#[test]
+fn daemon_killed_with_sigkill_is_restarted_and_the_guard_stays() {
+    let h = QmailHost::boot();
+    h.start_qmail("start")
+        .assert_guarded_from_the_start("start");
+    let qmail_pid = h.main_pid(QMAIL);
+    let old = h.main_pid(GUARD);
+    assert_ne!(old, 0, "the daemon runs");
+    let restarts = h.m.property(GUARD, "NRestarts");
+
+    h.m.systemctl_ok(&["kill", "--kill-who=main", "--signal=SIGKILL", GUARD]);
+    let mut probes = 0;
+    h.eventually("systemd to restart the daemon", || {
+        // Throughout the gap, connects from qmail stay refused.
+        assert_eq!(
+            h.connect_in_qmail(MORE, 25),
+            REFUSED,
+            "while the daemon is down"
+        );
+        assert_eq!(h.connect_in_qmail("127.0.0.1", 25), REFUSED);
+        probes += 1;
+        assert_eq!(
+            h.main_pid(QMAIL),
+            qmail_pid,
+            "the daemon's crash restarted qmail"
+        );
+        let pid = h.main_pid(GUARD);
+        pid != 0 && pid != old && h.active_state(GUARD) == "active"
+    });
+    assert!(probes > 0);
+    let now: u32 = h.m.property(GUARD, "NRestarts").parse().unwrap_or(0);
+    assert_eq!(
+        now,
+        restarts.parse::<u32>().unwrap_or(0) + 1,
+        "restarted by Restart=, once"
+    );
+    assert_eq!(h.active_state(QMAIL), "active", "qmail keeps running");
+    assert_eq!(h.main_pid(QMAIL), qmail_pid, "qmail was not restarted");
+    h.assert_guarded("after the daemon's restart");
+    h.assert_one_attachment();
+
+    // The new daemon is current: a moreipme line added now is enforced.
+    assert_eq!(
+        h.connect_in_qmail(MORE2, 25),
+        UNREACHABLE,
+        "not yet in moreipme"
+    );
+    h.m.write(MOREIPME, &format!("{MORE}\n{MORE2}\n"));
+    h.eventually("the restarted daemon to apply control/moreipme", || {
+        h.connect_in_qmail(MORE2, 25) == REFUSED
+    });
+}
+
+/// (d) A failing `qmail-guard attach` (an invalid control/moreipme line) keeps qmail from
+/// starting; the daemon keeps the last good set; once fixed, qmail starts guarded.
+#[test]
+fn qmail_does_not_start_when_the_attach_fails() {
+    let h = QmailHost::boot();
+    h.start_qmail("start")
+        .assert_guarded_from_the_start("start");
+    h.m.write(MOREIPME, &format!("{MORE}\n192.0.2.300\n"));
+
+    let _ = fs::remove_file(h.m.path(REPORT));
+    let out = h.m.systemctl(&["restart", QMAIL]);
+    assert!(
+        !out.status.success(),
+        "qmail restarted although its attach must fail; journal:\n{}",
+        h.m.journal_tail(40)
+    );
+    assert_eq!(h.active_state(QMAIL), "failed");
+    assert_eq!(h.m.property(QMAIL, "Result"), "exit-code");
+    let report = h.m.read(REPORT).unwrap_or_default();
+    assert!(
+        report.is_empty(),
+        "qmail's main process must not have run, but it reported:\n{report}"
+    );
+    let journal = h.m.journal(QMAIL);
+    assert!(
+        journal.contains("moreipme:2:"),
+        "the failure names the file and line:\n{journal}"
+    );
+    assert_eq!(h.active_state(GUARD), "active", "the daemon keeps running");
+
+    h.m.write(MOREIPME, &format!("{MORE}\n"));
+    h.start_qmail("start")
+        .assert_guarded_from_the_start("after the fix");
+    h.assert_guarded("after the fix");
+    h.assert_one_attachment();
+}
+
+/// (e) Restarting the daemon (what a package upgrade does) and stopping it leave qmail running
+/// and guarded: the guard lives in bpffs pins, not in the daemon. A qmail (re)start without
+/// the daemon is still guarded from its first connect, by the drop-in alone.
+#[test]
+fn stopping_or_restarting_the_daemon_leaves_qmail_running_and_guarded() {
+    let h = QmailHost::boot();
+    h.start_qmail("start")
+        .assert_guarded_from_the_start("start");
+    let qmail_pid = h.main_pid(QMAIL);
+
+    // Connects from qmail throughout `systemctl restart qmail-guard`.
+    let done = AtomicBool::new(false);
+    let mut results = Vec::new();
+    thread::scope(|s| {
+        let prober = s.spawn(|| {
+            let mut v = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                v.push(h.connect_in_qmail("127.0.0.1", 25));
+            }
+            v
+        });
+        let old = h.main_pid(GUARD);
+        h.m.systemctl_ok(&["restart", GUARD]);
+        assert_ne!(h.main_pid(GUARD), old, "a new daemon runs");
+        done.store(true, Ordering::Relaxed);
+        results = prober.join().expect("prober thread");
+    });
+    assert!(!results.is_empty());
+    assert!(
+        results.iter().all(|r| *r == REFUSED),
+        "during the daemon's restart: {results:?}"
+    );
+    assert_eq!(h.main_pid(QMAIL), qmail_pid, "qmail was not restarted");
+
+    h.m.systemctl_ok(&["stop", GUARD]);
+    assert_eq!(h.active_state(GUARD), "inactive");
+    assert_eq!(h.active_state(QMAIL), "active", "qmail keeps running");
+    assert_eq!(h.main_pid(QMAIL), qmail_pid, "qmail was not restarted");
+    h.assert_guarded("daemon stopped");
+    h.assert_one_attachment();
+
+    // Without the daemon (masked: nothing may start it), a restart is guarded by the drop-in.
+    h.m.systemctl_ok(&["mask", GUARD]);
+    h.start_qmail("restart")
+        .assert_guarded_from_the_start("restart without the daemon");
+    assert_eq!(h.active_state(GUARD), "inactive");
+    h.assert_guarded("restart without the daemon");
+    // Nobody unpins the dead cgroup's links without the daemon; the live cgroup has one of each.
+    let cg = h.qmail_cgroup();
+    assert_eq!(bpftool::connect_hook_counts(&cg), (1, 1));
+}
