@@ -50,7 +50,7 @@ fn success_report_and_exact_wire_bytes() {
     assert_eq!(
         show(&sess.received),
         show(
-            b"HELO qmail-remote.test\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<r@example.test>\r\nDATA\r\n\
+            b"EHLO qmail-remote.test\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<r@example.test>\r\nDATA\r\n\
               From: s@x.test\r\nSubject: golden\r\n\r\nhello\r\n.\r\nQUIT\r\n"
         )
     );
@@ -80,7 +80,7 @@ fn helohost_overrides_me_and_multiline_replies_are_kept() {
     assert!(
         s.one_session()
             .received
-            .starts_with(b"HELO helo.example.test\r\n")
+            .starts_with(b"EHLO helo.example.test\r\n")
     );
 }
 
@@ -216,7 +216,7 @@ fn several_recipients_get_one_report_each_in_order() {
     );
     run.records();
     let got = s.one_session().received;
-    assert!(got.starts_with(b"HELO qmail-remote.test\r\nMAIL FROM:<>\r\nRCPT TO:<a@example.test>\r\nRCPT TO:<b@example.test>\r\n"));
+    assert!(got.starts_with(b"EHLO qmail-remote.test\r\nMAIL FROM:<>\r\nRCPT TO:<a@example.test>\r\nRCPT TO:<b@example.test>\r\n"));
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! loop rule and the qmail-guard kernel refusal (ELOOP → perm_ambigmx).
 //!
 //! Modules, one job each: `args` (argv), `control` (control files), `routes` (smtproutes),
-//! `quote` (address mangling), `dns` (candidate list, MX order), `resolver` (hickory backend),
+//! `quote` (address mangling), `dns` (candidate list, MX order), `ehlo` (EHLO keywords), `resolver` (hickory backend),
 //! `prefme` (loop rule), `tcpto` (timeout table), `connect` (sockets with timeouts), `smtp`
 //! (dialogue), `blast` (body encoding), `report` (output records), `run` (the sequence).
 //!
@@ -15,6 +15,7 @@ pub mod blast;
 pub mod connect;
 pub mod control;
 pub mod dns;
+pub mod ehlo;
 pub mod prefme;
 pub mod quote;
 pub mod report;

@@ -1,5 +1,6 @@
-//! The SMTP dialogue (docs/qmail-remote.md §2.8): greeting, HELO, MAIL, one RCPT per recipient, DATA, body,
-//! QUIT without waiting. Reply parsing and every decision follow stock qmail-remote.c.
+//! The SMTP dialogue (docs/qmail-remote.md §2.8): greeting, EHLO (HELO if EHLO is not answered
+//! 250, as the TLS patch does: docs/qmail-remote-tls.md §1.2), MAIL, one RCPT per recipient,
+//! DATA, body, QUIT without waiting. Reply parsing and every decision follow stock qmail-remote.c.
 //!
 //! Deviations, each so that no mail is lost or duplicated:
 //! - K only for a 2xx reply after the final dot; stock also accepted 1xx/3xx (now Z).
@@ -14,6 +15,7 @@ use std::net::IpAddr;
 
 use super::blast::Encoder;
 use super::connect::Conn;
+use super::ehlo::Ehlo;
 use super::report::{Output, RcptReport, Report};
 
 /// At most this many bytes of a reply are kept for the report (stock HUGESMTPTEXT).
@@ -26,7 +28,7 @@ const DOT: &[u8] = b".\r\n";
 
 /// What to send.
 pub struct Envelope<'a> {
-    /// HELO argument.
+    /// EHLO/HELO argument.
     pub helo: &'a [u8],
     /// Mangled sender.
     pub sender: &'a [u8],
@@ -42,6 +44,8 @@ pub struct Session {
     text: Vec<u8>,
     /// The final dot was written: a dropped connection may mean a duplicate.
     critical: bool,
+    /// The greeting exchange's result.
+    ehlo: Option<Ehlo>,
 }
 
 impl Session {
@@ -52,6 +56,7 @@ impl Session {
             ip,
             text: Vec::new(),
             critical: false,
+            ehlo: None,
         }
     }
 
@@ -121,6 +126,25 @@ impl Session {
         std::mem::take(&mut self.text)
     }
 
+    /// `EHLO`; a reply other than 250 falls back to `HELO`, which must get 250 (the TLS
+    /// patch's order, docs/qmail-remote-tls.md §1.2 steps 2, 7). `Some` with the parsed
+    /// extensions after EHLO, `Some` without any after HELO, `None` if HELO was rejected (the
+    /// reply text is then in `self.text`).
+    fn hello(&mut self, name: &[u8]) -> Result<Option<Ehlo>, Report> {
+        if self.command(b"EHLO ", name, b"")? == 250 {
+            return Ok(Some(Ehlo::parse(&self.text)));
+        }
+        if self.command(b"HELO ", name, b"")? == 250 {
+            return Ok(Some(Ehlo::default()));
+        }
+        Ok(None)
+    }
+
+    /// The server's extensions from the last successful EHLO (empty after a HELO fallback).
+    pub fn ehlo(&self) -> Option<&Ehlo> {
+        self.ehlo.as_ref()
+    }
+
     /// stock quit(): QUIT is written before the report, its reply never read.
     fn quit(&mut self, r: Report) -> Report {
         self.conn.send_and_forget(b"QUIT\r\n");
@@ -146,7 +170,8 @@ impl Session {
             let said = self.said();
             return Ok(self.quit(Report::GreetingFailed { ip, said }));
         }
-        if self.command(b"HELO ", env.helo, b"")? != 250 {
+        self.ehlo = self.hello(env.helo)?;
+        if self.ehlo.is_none() {
             let said = self.said();
             return Ok(self.quit(Report::HeloRejected { ip, said }));
         }
@@ -322,7 +347,7 @@ mod tests {
         );
         assert_eq!(
             got,
-            b"HELO me.test\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<a@example.test>\r\nDATA\r\nSubject: x\r\n\r\n..hi\r\n.\r\nQUIT\r\n"
+            b"EHLO me.test\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<a@example.test>\r\nDATA\r\nSubject: x\r\n\r\n..hi\r\n.\r\nQUIT\r\n"
         );
     }
 
@@ -352,5 +377,32 @@ mod tests {
             o,
             b"DConnected to 127.0.0.1 but sender was rejected.\nRemote host said: xyz what\n\0"
         );
+    }
+
+    #[test]
+    fn ehlo_falls_back_to_helo() {
+        let (o, got) = run(
+            &[
+                "220 hi\r\n",
+                "502 no ehlo\r\n",
+                "250 h\r\n",
+                "250 m\r\n",
+                "250 r\r\n",
+                "354 go\r\n",
+                "250 ok\r\n",
+            ],
+            b"x\n",
+        );
+        assert_eq!(
+            o,
+            b"r\0K127.0.0.1 accepted message.\nRemote host said: 250 ok\n\0"
+        );
+        assert!(got.starts_with(b"EHLO me.test\r\nHELO me.test\r\nMAIL FROM:<s@x.test>\r\n"));
+        let (o, got) = run(&["220 hi\r\n", "500 what\r\n", "550 go away\r\n"], b"x\n");
+        assert_eq!(
+            o,
+            b"ZConnected to 127.0.0.1 but my name was rejected.\nRemote host said: 550 go away\n\0"
+        );
+        assert_eq!(got, b"EHLO me.test\r\nHELO me.test\r\nQUIT\r\n");
     }
 }
