@@ -12,6 +12,7 @@ pub mod cmd;
 pub mod daemon;
 pub mod dnsmasq;
 pub mod errno;
+pub mod exim_prefix;
 pub mod guard;
 pub mod listener;
 pub mod machine;

@@ -1,18 +1,36 @@
-//! A real MTA for the qmail-remote delivery test: Exim (Debian package exim4-daemon-light) run
-//! in the foreground inside a netns with a private configuration, spool, log and Maildir, so
-//! it never touches the system's mail setup. Delivered messages land in the Maildir.
+//! A real MTA for the qmail-remote delivery test and the demo: Exim from Debian's
+//! exim4-daemon-light, run from the private copy `cargo xtask setup` unpacks (see
+//! [`crate::exim_prefix`]), never an installed one. It runs in the foreground inside a netns
+//! with its own configuration (`-C`), spool, log and Maildir, so it touches nothing of the
+//! host's mail system. Delivered messages land in the Maildir.
+//!
+//! The binary looks up its compiled-in account `Debian-exim` before it reads any
+//! configuration. That account exists only where the exim4 packages are installed, so the
+//! daemon runs in a mount namespace of its own in which /etc/passwd and /etc/group are copies
+//! with the account added (mapped to the overflow ids 65534); the host's files stay unchanged.
+//! After receiving a message Exim re-executes itself as that account, which cannot enter a
+//! private prefix under root's home, so the same namespace also bind-mounts the prefix into
+//! the instance's world-readable directory and Exim runs from there.
 
+use std::ffi::CString;
 use std::fs;
-use std::os::unix::fs::{PermissionsExt, chown};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::exim_prefix;
 use crate::netns::Netns;
+use crate::nsenter;
 use crate::unique::unique_name;
 
-/// The system account Debian's exim runs as.
+/// The account compiled into Debian's exim binary (EXIM_USER/EXIM_GROUP=ref:Debian-exim).
 const EXIM_USER: &str = "Debian-exim";
+/// Its ids inside the private mount namespace: the kernel's overflow ids (nobody/nogroup).
+const EXIM_ID: u32 = 65534;
 
 /// A running Exim daemon. Drop stops it and removes its directory.
 pub struct Exim {
@@ -20,39 +38,105 @@ pub struct Exim {
     dir: PathBuf,
 }
 
-fn exim_ids() -> (u32, u32) {
-    let out = Command::new("id").arg(EXIM_USER).output().expect("run id");
-    let s = String::from_utf8_lossy(&out.stdout);
-    let num = |key: &str| -> u32 {
-        let i = s.find(key).unwrap_or_else(|| {
-            panic!("no {EXIM_USER} account (apt-get install exim4-daemon-light): {s}")
-        });
-        s[i + key.len()..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse()
-            .expect("id")
+/// A copy of the host's account file `host` with `EXIM_USER` (re)defined by `line`.
+fn accounts_with(host: &str, line: &str) -> String {
+    let prefix = format!("{EXIM_USER}:");
+    let mut out: String = fs::read_to_string(host)
+        .unwrap_or_else(|e| panic!("cannot read {host}: {e}"))
+        .lines()
+        .filter(|l| !l.starts_with(&prefix))
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    out.push_str(line);
+    out.push('\n');
+    out
+}
+
+fn cstring(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("path without NUL bytes")
+}
+
+/// Makes the child enter the netns at `netns`, then a private mount namespace in which each
+/// `(source, target)` of `binds` is bind-mounted.
+fn enter_with_binds(cmd: &mut Command, netns: &Path, binds: &[(&Path, &Path)]) {
+    // Allocated before fork: only async-signal-safe calls are allowed in the hook.
+    let netns = cstring(netns);
+    let binds: Vec<(CString, CString)> = binds
+        .iter()
+        .map(|(src, dst)| (cstring(src), cstring(dst)))
+        .collect();
+    let hook = move || -> io::Result<()> {
+        // SAFETY: setns/unshare/mount on valid C strings; all async-signal-safe.
+        unsafe {
+            nsenter::join_netns(&netns)?;
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Private propagation first, so the bind mounts below never reach the host.
+            if libc::mount(
+                c"none".as_ptr(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            for (src, dst) in &binds {
+                if libc::mount(
+                    src.as_ptr(),
+                    dst.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(())
     };
-    (num("uid="), num("gid="))
+    // SAFETY: the hook is async-signal-safe (see above).
+    unsafe {
+        cmd.pre_exec(hook);
+    }
 }
 
 impl Exim {
-    /// Starts Exim listening on `addr`:`port` inside `ns`, accepting mail for any recipient
-    /// and delivering it to a Maildir.
+    /// Starts the private Exim listening on `addr`:`port` inside `ns`, accepting mail for any
+    /// recipient and delivering it to a Maildir.
     pub fn start(ns: &Netns, addr: &str, port: u16) -> Exim {
-        let (uid, gid) = exim_ids();
+        let prefix = exim_prefix::current().unwrap_or_else(|e| panic!("{e}"));
         let dir = std::env::temp_dir().join(format!("{}-exim", unique_name()));
         for d in ["spool", "log", "Maildir"] {
             let p = dir.join(d);
             fs::create_dir_all(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
-            chown(&p, Some(uid), Some(gid)).expect("chown");
+            chown(&p, Some(EXIM_ID), Some(EXIM_ID)).expect("chown");
         }
+        // The mount point of the prefix; the binary is run (and re-run) from here.
+        let mounted = dir.join("prefix");
+        fs::create_dir(&mounted).expect("mkdir prefix");
+        let exim = mounted.join(exim_prefix::BINARY);
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let passwd = dir.join("passwd");
+        let group = dir.join("group");
+        let account =
+            format!("{EXIM_USER}:x:{EXIM_ID}:{EXIM_ID}:test MTA:/nonexistent:/usr/sbin/nologin");
+        fs::write(&passwd, accounts_with("/etc/passwd", &account)).expect("write passwd");
+        fs::write(
+            &group,
+            accounts_with("/etc/group", &format!("{EXIM_USER}:x:{EXIM_ID}:")),
+        )
+        .expect("write group");
         let d = dir.display();
+        // exim_path: the daemon re-executes itself (with this -C) for some deliveries; the
+        // compiled-in /usr/sbin/exim4 may not exist or may be the host's MTA.
         let conf = format!(
             "primary_hostname = mx.example.test\n\
              qualify_domain = example.test\n\
+             exim_path = {exim}\n\
              spool_directory = {d}/spool\n\
              log_file_path = {d}/log/%slog\n\
              exim_user = {EXIM_USER}\n\
@@ -73,25 +157,50 @@ impl Exim {
              begin transports\n\
              maildir:\n  driver = appendfile\n  directory = {d}/Maildir\n  maildir_format\n  \
              create_directory\n  user = {EXIM_USER}\n  group = {EXIM_USER}\n  mode = 0644\n  \
-             delivery_date_add = false\n  envelope_to_add = false\n  return_path_add = false\n"
+             delivery_date_add = false\n  envelope_to_add = false\n  return_path_add = false\n",
+            exim = exim.display(),
         );
         let conf_path = dir.join("exim.conf");
         fs::write(&conf_path, conf).expect("write exim.conf");
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns.name(), "exim4", "-C"])
+        let mut cmd = Command::new(&exim);
+        cmd.arg("-C")
             .arg(&conf_path)
             .args(["-bdf", "-oP"])
             .arg(dir.join("pid"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::null());
+        enter_with_binds(
+            &mut cmd,
+            &ns.path(),
+            &[
+                (&passwd, Path::new("/etc/passwd")),
+                (&group, Path::new("/etc/group")),
+                (&prefix, &mounted),
+            ],
+        );
+        let child = cmd
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start exim4 (apt-get install exim4-daemon-light): {e}")
-            });
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exim.display()));
         let exim = Exim { child, dir };
         exim.wait_log("daemon started", Duration::from_secs(10));
+        exim.assert_private(&prefix);
         exim
+    }
+
+    /// The running daemon's binary is the private copy's file, not an installed MTA.
+    fn assert_private(&self, prefix: &Path) {
+        let exe = format!("/proc/{}/exe", self.child.id());
+        let running = fs::metadata(&exe)
+            .unwrap_or_else(|e| panic!("cannot stat the Exim daemon's {exe}: {e}"));
+        let private = prefix.join(exim_prefix::BINARY);
+        let ours = fs::metadata(&private)
+            .unwrap_or_else(|e| panic!("cannot stat {}: {e}", private.display()));
+        assert!(
+            (running.dev(), running.ino()) == (ours.dev(), ours.ino()),
+            "the Exim daemon does not run the private copy {}",
+            private.display()
+        );
     }
 
     fn mainlog(&self) -> String {

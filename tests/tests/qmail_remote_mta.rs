@@ -1,6 +1,6 @@
-//! A delivery to a real MTA: Exim (Debian's exim4-daemon-light) in its own netns, reached
-//! through smtproutes. The message must arrive byte for byte (Exim only prepends its Received
-//! header).
+//! A delivery to a real MTA: Exim (Debian's exim4-daemon-light, the private unpacked copy, not
+//! an installed MTA) in its own netns, reached through smtproutes. The message must arrive byte
+//! for byte (Exim only prepends its Received header).
 
 use guard_tests::Netns;
 use guard_tests::mta::Exim;

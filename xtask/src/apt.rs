@@ -1,5 +1,7 @@
 //! The Debian packages the tests (and the people running them) use, installed with apt when
-//! missing. Extend `PACKAGES` when a test starts running a new program.
+//! missing. Extend `PACKAGES` when a test starts running a new program. Never a mail transport
+//! agent: the test MTA runs from a private unpacked copy (see exim.rs), and every install is
+//! checked by no_mta.rs first and forbidden to remove packages.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
@@ -8,7 +10,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{cmd, root};
+use crate::{cmd, no_mta, root};
 
 /// A package and why it is needed.
 pub struct Package {
@@ -33,10 +35,6 @@ pub const PACKAGES: &[Package] = &[
     p("util-linux", "nsenter, mount"),
     p("procps", "sysctl in test netns"),
     p("dnsmasq-base", "dnsmasq: DNS for the qmail-remote tests"),
-    p(
-        "exim4-daemon-light",
-        "a real MTA for the qmail-remote delivery test",
-    ),
     p("strace", "debugging and syscall checks"),
     p("time", "/usr/bin/time for CPU/time measurements"),
     p("systemd", "systemctl (--unit) and systemd-analyze verify"),
@@ -60,60 +58,62 @@ pub const PACKAGES: &[Package] = &[
     p("mmdebstrap", "builds the Debian root those containers boot"),
 ];
 
-/// Services some packages start on install; we keep them from running on the host (the tests
-/// run their own daemons inside network namespaces).
-const SERVICES: &[(&str, &str)] = &[("exim4-daemon-light", "exim4")];
-
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
-/// Installs the missing packages (root needed only when something is missing).
+/// Installs the missing `PACKAGES` (root needed only when something is missing).
 pub fn ensure() -> Result<()> {
-    let missing = missing_packages()?;
+    let names: Vec<String> = PACKAGES.iter().map(|p| p.name.to_string()).collect();
+    ensure_installed(&names, "apt packages")
+}
+
+/// Installs those of `names` that are missing, as plain packages: after the no-MTA check, with
+/// no recommends and no removals. `what` names the group in messages.
+pub fn ensure_installed(names: &[String], what: &str) -> Result<()> {
+    let missing = missing_packages(names)?;
     if missing.is_empty() {
-        println!(
-            "ok: apt packages present ({})",
-            PACKAGES
-                .iter()
-                .map(|p| p.name)
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        println!("ok: {what} present ({})", names.join(", "));
         return Ok(());
     }
-    let names: Vec<&str> = missing.iter().map(|p| p.name).collect();
     if !root::is_root() {
         bail!(
-            "apt packages {} are missing: run `cargo xtask setup` as root to install them",
-            names.join(", ")
+            "{what} {} are missing: run `cargo xtask setup` as root to install them",
+            missing.join(", ")
         );
     }
-    println!("installing apt packages {} …", names.join(", "));
-    for p in &missing {
+    println!("installing {what} {} …", missing.join(", "));
+    for p in PACKAGES
+        .iter()
+        .filter(|p| missing.iter().any(|m| m == p.name))
+    {
         println!("  {}: {}", p.name, p.why);
     }
     {
         let _no_daemons = NoServiceStart::new()?;
-        cmd::run(apt_get().args(["update", "-q"]))?;
+        update()?;
+        no_mta::check(&missing)?;
         cmd::run(
             apt_get()
-                .args(["install", "-y", "-q", "--no-install-recommends"])
-                .args(&names),
+                .args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    "--no-remove",
+                ])
+                .args(&missing),
         )?;
     }
-    for (pkg, service) in SERVICES {
-        if names.contains(pkg) {
-            disable(service);
-        }
-    }
-    let still = missing_packages()?;
+    let still = missing_packages(names)?;
     if !still.is_empty() {
-        bail!(
-            "apt packages still missing after install: {}",
-            still.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
-        );
+        bail!("{what} still missing after install: {}", still.join(", "));
     }
-    println!("ok: apt packages installed");
+    println!("ok: {what} installed");
     Ok(())
+}
+
+/// `apt-get update`: fresh package lists.
+pub fn update() -> Result<()> {
+    cmd::run(apt_get().args(["update", "-q"]))
 }
 
 fn apt_get() -> Command {
@@ -122,11 +122,11 @@ fn apt_get() -> Command {
     c
 }
 
-fn missing_packages() -> Result<Vec<&'static Package>> {
+fn missing_packages(names: &[String]) -> Result<Vec<String>> {
     let mut v = Vec::new();
-    for p in PACKAGES {
-        if !installed(p.name)? {
-            v.push(p);
+    for n in names {
+        if !installed(n)? {
+            v.push(n.clone());
         }
     }
     Ok(v)
@@ -138,17 +138,6 @@ fn installed(name: &str) -> Result<bool> {
         .context("this setup needs Debian's dpkg/apt")?;
     Ok(out.status.success()
         && String::from_utf8_lossy(&out.stdout).trim() == "install ok installed")
-}
-
-/// Keeps the service from starting at boot (policy-rc.d kept it from starting now); best effort.
-fn disable(service: &str) {
-    let r = cmd::probe(Command::new("systemctl").args(["disable", service]));
-    match r {
-        Ok(o) if o.status.success() => println!("ok: disabled host service {service}"),
-        _ => println!(
-            "note: could not disable host service {service} (no systemd?); it was not started"
-        ),
-    }
 }
 
 /// While alive, `policy-rc.d` answers 101 so package scripts start no daemon. Leaves an

@@ -5,8 +5,10 @@ mod bpf_linker;
 mod bpffs;
 mod cmd;
 mod demo;
+mod exim;
 mod kit;
 mod machine_image;
+mod no_mta;
 mod root;
 mod setup;
 mod test;
@@ -29,7 +31,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Install what building and testing need (toolchains, rust-src, bpf-linker, apt packages,
-    /// bpffs, the systemd tests' container image). Idempotent: a second run takes seconds.
+    /// a private unpacked Exim, bpffs, the systemd tests' container image); never a mail
+    /// transport agent. Idempotent: a second run takes seconds.
     Setup(setup::Options),
     /// Run setup, build everything, then run all unit and real-kernel integration tests (root).
     Test(test::Options),

@@ -91,7 +91,16 @@ pub fn ensure(t: &Toolchain) -> Result<()> {
         ),
     }
     let mut c = Command::new("rustup");
-    c.args(["toolchain", "install", &t.name, "--profile", "minimal"]);
+    // No self-update: installing a toolchain should not replace rustup itself (the dist
+    // server's rustup can be older than the machine's).
+    c.args([
+        "toolchain",
+        "install",
+        "--no-self-update",
+        &t.name,
+        "--profile",
+        "minimal",
+    ]);
     for comp in &t.components {
         c.args(["--component", comp]);
     }
@@ -183,17 +192,20 @@ mod tests {
     }
 
     #[test]
-    fn ci_installs_the_pinned_host_toolchain() {
-        // .ci/run must install it before `cargo xtask` can start (RUSTUP_AUTO_INSTALL=0).
-        let ci = fs::read_to_string(workspace::root().join(".ci/run")).unwrap();
-        let t = host().unwrap();
-        let line = format!("rustup toolchain install {} ", t.name);
-        assert!(ci.contains(&line), ".ci/run lacks `{line}`");
-        for c in &t.components {
-            assert!(
-                ci.contains(c.as_str()),
-                ".ci/run does not install component {c}"
-            );
+    fn ci_and_readme_install_the_pinned_host_toolchain_first() {
+        // `cargo xtask` cannot start before the pinned toolchain is there (RUSTUP_AUTO_INSTALL=0):
+        // both run rustup's install of the rust-toolchain.toml toolchain before it.
+        for file in [".ci/run", "README.md"] {
+            let text = fs::read_to_string(workspace::root().join(file)).unwrap();
+            let install = text
+                .lines()
+                .position(|l| l.trim_start().starts_with("rustup toolchain install"))
+                .unwrap_or_else(|| panic!("{file} lacks `rustup toolchain install`"));
+            let xtask = text
+                .lines()
+                .position(|l| l.trim_start().starts_with("cargo xtask test"))
+                .unwrap_or_else(|| panic!("{file} lacks `cargo xtask test`"));
+            assert!(install < xtask, "{file} runs cargo xtask before rustup");
         }
     }
 

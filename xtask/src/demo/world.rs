@@ -96,7 +96,7 @@ impl World {
             nat::MAIL_V4
         ));
         say::line(&format!(
-            "    Exim (Debian's exim4) listens on {}:25 and accepts mail for {}; a real qmail there would relay it on;",
+            "    Exim (Debian's, unpacked privately, not installed) listens on {}:25 and accepts mail for {}; a real qmail there would relay it on;",
             nat::MAIL_V4,
             nat::DOMAIN
         ));
