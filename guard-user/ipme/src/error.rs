@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 /// Why the ipme set could not be computed.
 ///
-/// Messages are complete on one line (the cause is part of the text) because qmail tools print
-/// them as `prog: <error>`.
+/// The message says what failed; the source, where there is one, says why. Print the chain
+/// with [`crate::Chain`] (`prog: what failed: why`).
 #[derive(Debug, thiserror::Error)]
 pub enum IpmeError {
     /// A bad control-file line: `control/moreipme:LINE: reason`. Permanent until the file is
@@ -21,14 +21,29 @@ pub enum IpmeError {
         reason: String,
     },
     /// A control file exists but cannot be read (a directory, permissions, I/O).
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Read { path: PathBuf, source: io::Error },
     /// getifaddrs failed.
-    #[error("cannot list interface addresses: {0}")]
+    #[error("cannot list interface addresses")]
     Interfaces(#[source] io::Error),
     /// The netlink dump of the local routing table failed.
-    #[error("cannot read the kernel's local routing table: {0}")]
+    #[error("cannot read the kernel's local routing table")]
     Netlink(#[source] io::Error),
+}
+
+/// Displays an error and its sources on one line, each once, in order: `what: why: deeper why`.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
+        }
+        Ok(())
+    }
 }
 
 impl IpmeError {
@@ -56,9 +71,13 @@ mod tests {
             path: "/var/qmail/control/notipme".into(),
             source: io::Error::from_raw_os_error(libc::EISDIR),
         };
-        assert!(
-            e.to_string()
-                .starts_with("cannot read /var/qmail/control/notipme: ")
+        assert_eq!(e.to_string(), "cannot read /var/qmail/control/notipme");
+        assert_eq!(
+            crate::Chain(&e).to_string(),
+            format!(
+                "cannot read /var/qmail/control/notipme: {}",
+                io::Error::from_raw_os_error(libc::EISDIR)
+            )
         );
         assert!(!e.is_parse());
     }

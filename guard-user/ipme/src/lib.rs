@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 pub use control::{parse_control, read_control};
-pub use error::IpmeError;
+pub use error::{Chain, IpmeError};
 pub use home::{DEFAULT_HOME, qmail_home};
 pub use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 pub use set::IpmeSet;

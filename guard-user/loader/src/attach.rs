@@ -152,7 +152,7 @@ pub fn verify(pins: &PinDir, cgroup: &Cgroup) -> Result<usize, GuardError> {
     for hook in Hook::ALL {
         let prog = pins.prog(hook);
         let id = aya::programs::ProgramInfo::from_pin(&prog)
-            .map_err(|e| GuardError::Link(prog.clone(), chain(&e)))?
+            .map_err(|e| GuardError::ProgramPin(prog.clone(), chain(&e)))?
             .id();
         let ids = super::sys::attached_programs(&cgroup.path, hook)
             .map_err(|e| GuardError::Attach(cgroup.path.clone(), format!("BPF_PROG_QUERY: {e}")))?;

@@ -18,7 +18,7 @@ pub enum CgroupError {
         "no cgroup2 filesystem is mounted (none in /proc/self/mountinfo); mount one with `mount -t cgroup2 none /sys/fs/cgroup`"
     )]
     NoCgroup2,
-    #[error("cannot read /proc/self/mountinfo: {0}")]
+    #[error("cannot read /proc/self/mountinfo")]
     Mountinfo(#[source] std::io::Error),
     #[error(
         "cgroup {0} does not exist (is the service running? systemd creates a unit's cgroup when it starts)"
@@ -28,9 +28,9 @@ pub enum CgroupError {
         "{0} is not a cgroup2 directory (it is not on the cgroup2 mount {1}); pass a directory under {1}"
     )]
     NotCgroup2(PathBuf, PathBuf),
-    #[error("cannot inspect {0}: {1}")]
+    #[error("cannot inspect {0}")]
     Stat(PathBuf, #[source] std::io::Error),
-    #[error("cannot run systemctl to find the cgroup of unit {0}: {1}")]
+    #[error("cannot run systemctl to find the cgroup of unit {0}")]
     Systemctl(String, #[source] std::io::Error),
     #[error("systemd reports no cgroup for unit {0} (is it loaded and running?): {1}")]
     NoUnitCgroup(String, String),

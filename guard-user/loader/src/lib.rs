@@ -18,6 +18,8 @@ pub use maps::{GuardMaps, SyncReport};
 pub use pins::{DEFAULT_PIN_DIR, Hook, PinDir, PinLock};
 pub use status::{Status, status};
 
+/// Why a guard operation failed. The message says what failed and names the object (the map,
+/// the pin, the cgroup); the source, where there is one, says why.
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
     #[error(transparent)]
@@ -25,27 +27,37 @@ pub enum GuardError {
     #[error(transparent)]
     Ipme(#[from] ipme::IpmeError),
     #[error(
-        "{0} is not on a bpffs; mount one there (`mount -t bpf bpf {0}`) or use --pin-dir under /sys/fs/bpf"
+        "{dir} is not on a bpffs; mount one there (`mount -t bpf bpf {dir}`) or use --pin-dir under /sys/fs/bpf", dir = .0.display()
     )]
     NoBpffs(PathBuf),
-    #[error("cannot mount bpffs on /sys/fs/bpf: {0}")]
+    #[error("cannot mount bpffs on /sys/fs/bpf")]
     MountBpffs(#[source] std::io::Error),
-    #[error("pin path {0}: {1}")]
+    #[error("pin path {}", .0.display())]
     PinIo(PathBuf, #[source] std::io::Error),
     #[error(
-        "qmail-guard is not attached with pin directory {0} (no pinned maps); run `qmail-guard attach` first"
+        "qmail-guard is not attached with pin directory {} (no pinned maps); run `qmail-guard attach` first", .0.display()
     )]
     NotAttached(PathBuf),
-    #[error("cannot open pinned map {0}: {1}")]
+    #[error("cannot open pinned map {}", .0.display())]
     OpenMap(PathBuf, #[source] aya::maps::MapError),
-    #[error("BPF map operation failed: {0}")]
-    Map(#[source] aya::maps::MapError),
+    #[error("operation on BPF map {map} failed")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
     #[error(
         "the kernel refused the guard programs ({0}); it needs BPF, BTF and cgroup-bpf (CONFIG_CGROUP_BPF) and root"
     )]
     Load(String),
-    #[error("cannot attach to cgroup {0}: {1}")]
+    #[error(
+        "program {0} is missing from the embedded eBPF object; this qmail-guard was built wrongly, rebuild it"
+    )]
+    MissingProgram(&'static str),
+    #[error("cannot attach to cgroup {}: {}", .0.display(), .1)]
     Attach(PathBuf, String),
-    #[error("pinned link {0}: {1}")]
+    #[error("pinned link {}: {}", .0.display(), .1)]
     Link(PathBuf, String),
+    #[error("pinned program {}: {}", .0.display(), .1)]
+    ProgramPin(PathBuf, String),
 }

@@ -32,7 +32,7 @@ pub struct SyncReport {
 }
 
 /// A key another writer removed meanwhile is as good as removed by us.
-fn gone_ok(r: Result<(), aya::maps::MapError>) -> Result<(), GuardError> {
+fn gone_ok(map: &'static str, r: Result<(), aya::maps::MapError>) -> Result<(), GuardError> {
     match r {
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         Err(aya::maps::MapError::SyscallError(e))
@@ -40,8 +40,13 @@ fn gone_ok(r: Result<(), aya::maps::MapError>) -> Result<(), GuardError> {
         {
             Ok(())
         }
-        other => other.map_err(GuardError::Map),
+        other => other.map_err(map_error(map)),
     }
+}
+
+/// The error of an operation on map `map`.
+fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> GuardError {
+    move |source| GuardError::Map { map, source }
 }
 
 fn open(pins: &PinDir, name: &str) -> Result<Map, GuardError> {
@@ -75,7 +80,7 @@ impl GuardMaps {
         self.v4
             .iter()
             .map(|r| {
-                let (k, v) = r.map_err(GuardError::Map)?;
+                let (k, v) = r.map_err(map_error(MAP_IPME_V4))?;
                 Ok(((k.prefix_len(), k.data()), v.tag))
             })
             .collect()
@@ -85,7 +90,7 @@ impl GuardMaps {
         self.v6
             .iter()
             .map(|r| {
-                let (k, v) = r.map_err(GuardError::Map)?;
+                let (k, v) = r.map_err(map_error(MAP_IPME_V6))?;
                 Ok(((k.prefix_len(), k.data()), v.tag))
             })
             .collect()
@@ -100,18 +105,18 @@ impl GuardMaps {
         for ((len, data), tag) in &d4.upsert {
             self.v4
                 .insert(&Key::new(*len, *data), &IpmeValue { tag: *tag }, 0)
-                .map_err(GuardError::Map)?;
+                .map_err(map_error(MAP_IPME_V4))?;
         }
         for ((len, data), tag) in &d6.upsert {
             self.v6
                 .insert(&Key::new(*len, *data), &IpmeValue { tag: *tag }, 0)
-                .map_err(GuardError::Map)?;
+                .map_err(map_error(MAP_IPME_V6))?;
         }
         for (len, data) in &d4.remove {
-            gone_ok(self.v4.remove(&Key::new(*len, *data)))?;
+            gone_ok(MAP_IPME_V4, self.v4.remove(&Key::new(*len, *data)))?;
         }
         for (len, data) in &d6.remove {
-            gone_ok(self.v6.remove(&Key::new(*len, *data)))?;
+            gone_ok(MAP_IPME_V6, self.v6.remove(&Key::new(*len, *data)))?;
         }
         Ok(SyncReport {
             upserted: d4.upsert.len() + d6.upsert.len(),
@@ -123,7 +128,7 @@ impl GuardMaps {
     pub fn ports(&self) -> Result<BTreeSet<u16>, GuardError> {
         self.ports
             .keys()
-            .map(|k| k.map_err(GuardError::Map))
+            .map(|k| k.map_err(map_error(MAP_PORTS)))
             .collect()
     }
 
@@ -133,17 +138,17 @@ impl GuardMaps {
         for p in ports.difference(&old) {
             self.ports
                 .insert(p, &PortValue { guarded: 1 }, 0)
-                .map_err(GuardError::Map)?;
+                .map_err(map_error(MAP_PORTS))?;
         }
         for p in old.difference(ports) {
-            self.ports.remove(p).map_err(GuardError::Map)?;
+            self.ports.remove(p).map_err(map_error(MAP_PORTS))?;
         }
         Ok(())
     }
 
     /// Refusal counters summed over all CPUs.
     pub fn stats(&self) -> Result<Stats, GuardError> {
-        let per_cpu = self.stats.get(&0, 0).map_err(GuardError::Map)?;
+        let per_cpu = self.stats.get(&0, 0).map_err(map_error(MAP_STATS))?;
         Ok(per_cpu.iter().fold(Stats::default(), |acc, s| Stats {
             refused_v4: acc.refused_v4 + s.refused_v4,
             refused_v6: acc.refused_v6 + s.refused_v6,
@@ -161,10 +166,15 @@ impl GuardMaps {
                 None => self.v6.get(&Key::new(128, a.octets()), 0),
             },
         };
+        let map = if matches!(addr, std::net::IpAddr::V6(a) if a.to_ipv4_mapped().is_none()) {
+            MAP_IPME_V6
+        } else {
+            MAP_IPME_V4
+        };
         match found {
             Ok(v) => Ok(Some(v.tag)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(GuardError::Map(e)),
+            Err(e) => Err(map_error(map)(e)),
         }
     }
 }

@@ -7,7 +7,7 @@ use guard_common::{MAP_IPME_V4, MAP_IPME_V6, MAP_PORTS, MAP_STATS};
 
 use super::{GuardError, Hook, PinDir};
 
-/// Built by guard-user/build.rs with aya-build.
+/// Built by guard-loader's build.rs with aya-build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf"));
 
 /// The first line only: a verifier log is hundreds of lines (set QMAIL_GUARD_VERBOSE=1 for it).
@@ -30,7 +30,7 @@ pub fn programs(pins: &PinDir) -> Result<Vec<(Hook, CgroupSockAddr)>, GuardError
         .into_iter()
         .map(|hook| {
             let prog = CgroupSockAddr::from_pin(pins.prog(hook), attach_type(hook))
-                .map_err(|e| GuardError::Link(pins.prog(hook), e.to_string()))?;
+                .map_err(|e| GuardError::ProgramPin(pins.prog(hook), e.to_string()))?;
             Ok((hook, prog))
         })
         .collect()
@@ -56,7 +56,7 @@ fn load_and_pin(pins: &PinDir) -> Result<(), GuardError> {
     for hook in Hook::ALL {
         let prog: &mut CgroupSockAddr = ebpf
             .program_mut(hook.name())
-            .ok_or_else(|| load_err(format!("program {} missing from object", hook.name())))?
+            .ok_or(GuardError::MissingProgram(hook.name()))?
             .try_into()
             .map_err(|e: ProgramError| load_err(e))?;
         prog.load().map_err(load_err)?;

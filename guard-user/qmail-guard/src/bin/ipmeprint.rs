@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     let set = match IpmeSet::load(&home) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("ipmeprint: {e}");
+            eprintln!("ipmeprint: {}", ipme::Chain(&e));
             return ExitCode::from(if e.is_parse() {
                 EXIT_PERMANENT
             } else {

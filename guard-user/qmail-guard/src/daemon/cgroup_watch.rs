@@ -12,7 +12,7 @@ use std::{
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use tokio::io::unix::AsyncFd;
 
-use super::register;
+use super::fd::register;
 
 pub struct CgroupWatch {
     fd: AsyncFd<Inotify>,

@@ -9,7 +9,7 @@ use std::{
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use tokio::io::unix::AsyncFd;
 
-use super::register;
+use super::fd::register;
 
 use ipme::ControlKind;
 

@@ -95,7 +95,7 @@ impl RefusalLog {
     pub fn open(program_id: u32) -> Result<Self, String> {
         let logger = EbpfLogger::init_from_id_with_logger(program_id, Forward)
             .map_err(|e| format!("cannot read the refusal log of program {program_id}: {e}"))?;
-        let fd = super::register_with_interest(logger, Interest::READABLE)
+        let fd = super::fd::register_with_interest(logger, Interest::READABLE)
             .map_err(|e| format!("cannot poll the refusal log: {e}"))?;
         let mut log = RefusalLog { fd, program_id };
         // Records written while no daemon ran are still in the ring: report them now.

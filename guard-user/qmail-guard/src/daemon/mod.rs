@@ -14,12 +14,22 @@
 //! contents in force (interfaces stay live); a kernel read error keeps the current maps and
 //! retries; the pins outlive the daemon (SIGTERM and `kill -9` alike) unless
 //! `--detach-on-exit` is given.
+//!
+//! Modules, one job each: the event sources (`netlink`, `control_watch`, `cgroup_watch`,
+//! `logs`, registered through `fd`), `inputs` (the set's inputs with last-good memory),
+//! `targets` (the cgroups to guard and their attachments), `apply` (bringing the maps to the
+//! set), `report` (status line, error reporting, state file) and `notify` (systemd). This file
+//! holds the loop that ties them together.
+mod apply;
 mod cgroup_watch;
 mod control_watch;
+mod fd;
 mod inputs;
 pub mod logs;
 mod netlink;
 mod notify;
+mod report;
+mod targets;
 
 use std::{collections::BTreeSet, io, path::PathBuf, time::Duration};
 
@@ -29,18 +39,21 @@ use tokio::{
 };
 use tracing::{debug, error, info, warn};
 
+use apply::Applied;
 use cgroup_watch::CgroupWatch;
 use control_watch::ControlWatch;
 use guard_loader::{
     self as guard, GuardError, Hook, PinDir, SyncReport,
-    attach::{Detach, is_attached},
-    cgroup::{Cgroup, CgroupError, cgroup2_mount},
-    state::{self, DaemonInfo},
+    attach::Detach,
+    cgroup::{Cgroup, CgroupError},
+    state,
 };
 use inputs::InputState;
-use ipme::{IpmeError, IpmeSet};
+use ipme::{Chain, IpmeError, IpmeSet};
 use logs::RefusalLog;
 use netlink::NetlinkWatch;
+use report::{InputErrors, OnceError, StateFile, status_line};
+use targets::Targets;
 
 pub use logs::init_logging;
 
@@ -76,7 +89,7 @@ pub enum DaemonError {
     Ipme(#[from] IpmeError),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
-    #[error("{0}: {1}")]
+    #[error("{0}")]
     Io(&'static str, #[source] io::Error),
     #[error("nothing to guard: give at least one --unit NAME or --cgroup PATH")]
     NoTarget,
@@ -99,40 +112,6 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     })
 }
 
-enum Spec {
-    Unit(String),
-    Path(PathBuf),
-}
-
-struct Target {
-    spec: Spec,
-    /// The cgroup directory (for a unit: where systemd puts it, whether it exists or not).
-    path: PathBuf,
-    /// The cgroup id we verified attached, None while missing or failing.
-    attached: Option<u64>,
-}
-
-impl Target {
-    fn label(&self) -> String {
-        match &self.spec {
-            Spec::Unit(u) => format!("{u} ({})", self.path.display()),
-            Spec::Path(p) => p.display().to_string(),
-        }
-    }
-
-    fn resolve(spec: &Spec) -> Result<PathBuf, DaemonError> {
-        let path = match spec {
-            Spec::Unit(u) => Cgroup::unit_path(u)?,
-            Spec::Path(p) => p.clone(),
-        };
-        let mount = cgroup2_mount()?;
-        if !path.starts_with(&mount) {
-            return Err(DaemonError::NotUnderCgroup2(path, mount));
-        }
-        Ok(path)
-    }
-}
-
 /// Why the loop woke up.
 enum Wake {
     Netlink,
@@ -146,31 +125,43 @@ enum Wake {
     Watchdog,
 }
 
-struct Daemon {
-    config: Config,
-    pins: PinDir,
-    inputs: InputState,
-    set: IpmeSet,
-    /// The input problems currently reported (e.g. a bad control line), if any.
-    input_error: Option<String>,
-    targets: Vec<Target>,
+/// The event sources the loop waits on.
+struct Sources {
     netlink: NetlinkWatch,
     control: ControlWatch,
     cgroups: CgroupWatch,
     log: Option<RefusalLog>,
-    /// A pending delayed recompute (retry, or a just-created control file).
-    wake_at: Option<Instant>,
-    started: u64,
-    state_warned: bool,
-    /// The last map update error, logged once until it changes or clears.
-    apply_error: Option<String>,
-    signals: Option<Signals>,
 }
 
 struct Signals {
     hup: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+}
+
+/// One pending delayed wake-up (a retry, or a just-created control file): the earliest wins.
+#[derive(Debug, Default)]
+struct Timer(Option<Instant>);
+
+impl Timer {
+    fn schedule(&mut self, at: Instant) {
+        self.0 = Some(self.0.map_or(at, |w| w.min(at)));
+    }
+}
+
+struct Daemon {
+    config: Config,
+    pins: PinDir,
+    inputs: InputState,
+    set: IpmeSet,
+    input_errors: InputErrors,
+    targets: Targets,
+    sources: Sources,
+    timer: Timer,
+    state: StateFile,
+    /// The last map update error, logged once until it changes or clears.
+    apply_error: OnceError,
+    signals: Option<Signals>,
 }
 
 impl Daemon {
@@ -183,23 +174,7 @@ impl Daemon {
             term: sig(SignalKind::terminate())?,
             int: sig(SignalKind::interrupt())?,
         };
-        let mut specs: Vec<Spec> = config.units.iter().cloned().map(Spec::Unit).collect();
-        specs.extend(config.cgroups.iter().cloned().map(Spec::Path));
-        if specs.is_empty() {
-            return Err(DaemonError::NoTarget);
-        }
-        let mut targets = Vec::new();
-        for spec in specs {
-            let path = Target::resolve(&spec)?;
-            if targets.iter().any(|t: &Target| t.path == path) {
-                continue;
-            }
-            targets.push(Target {
-                spec,
-                path,
-                attached: None,
-            });
-        }
+        let targets = Targets::resolve(&config.units, &config.cgroups)?;
         let pins = PinDir::new(&config.pin_dir);
         if let Some(other) = state::load(&pins).daemon
             && other.pid != std::process::id()
@@ -211,20 +186,7 @@ impl Daemon {
                 pins.root.display()
             );
         }
-        // Subscribe first, compute second: a change in between is then seen as an event.
-        let netlink =
-            NetlinkWatch::new().map_err(|e| DaemonError::Io("cannot subscribe to rtnetlink", e))?;
-        let control = ControlWatch::new(&config.qmail_home)
-            .map_err(|e| DaemonError::Io("cannot watch the control directory", e))?;
-        if !control.watching_control() {
-            warn!(
-                "{} does not exist (yet): waiting for it; until then moreipme/notipme are empty",
-                config.qmail_home.join("control").display()
-            );
-        }
-        let cgroups = CgroupWatch::new(targets.iter().map(|t| t.path.clone()).collect())
-            .map_err(|e| DaemonError::Io("cannot watch the cgroup directories", e))?;
-
+        let sources = Sources::subscribe(&config.qmail_home, &targets)?;
         let mut inputs = InputState::new(&config.qmail_home);
         let computed = match inputs.compute() {
             Ok(c) => c,
@@ -241,19 +203,15 @@ impl Daemon {
             Err(e) => return Err(e.into()),
         };
         let mut daemon = Daemon {
+            state: StateFile::new(pins.clone()),
             pins,
             inputs,
             set: computed.set,
-            input_error: None,
+            input_errors: InputErrors::default(),
             targets,
-            netlink,
-            control,
-            cgroups,
-            log: None,
-            wake_at: None,
-            started: state::now_unix(),
-            state_warned: false,
-            apply_error: None,
+            sources,
+            timer: Timer::default(),
+            apply_error: OnceError::default(),
             signals: Some(signals),
             config,
         };
@@ -267,7 +225,7 @@ impl Daemon {
             report.upserted,
             report.removed
         );
-        daemon.record_sync(&report);
+        daemon.state.record_sync(&report);
         let failures = daemon.ensure_targets(true);
         if !failures.is_empty() {
             return Err(DaemonError::Attach(failures.join("; ")));
@@ -296,12 +254,13 @@ impl Daemon {
 
         loop {
             let wake = {
-                let timer = self.wake_at;
-                let log = self.log.as_ref();
+                let timer = self.timer.0;
+                let s = &self.sources;
+                let log = s.log.as_ref();
                 tokio::select! {
-                    r = self.netlink.readable() => io_wake(r, Wake::Netlink, "rtnetlink")?,
-                    r = self.control.readable() => io_wake(r, Wake::Control, "control watch")?,
-                    r = self.cgroups.readable() => io_wake(r, Wake::Cgroup, "cgroup watch")?,
+                    r = s.netlink.readable() => io_wake(r, Wake::Netlink, "rtnetlink")?,
+                    r = s.control.readable() => io_wake(r, Wake::Control, "control watch")?,
+                    r = s.cgroups.readable() => io_wake(r, Wake::Cgroup, "cgroup watch")?,
                     r = async { match log { Some(l) => l.readable().await, None => std::future::pending().await } }
                         => io_wake(r, Wake::Log, "refusal log")?,
                     _ = hup.recv() => Wake::Hangup,
@@ -319,7 +278,7 @@ impl Daemon {
             let mut timer = false;
             match wake {
                 Wake::Log => {
-                    if let Some(l) = self.log.as_mut() {
+                    if let Some(l) = self.sources.log.as_mut() {
                         l.flush();
                     }
                     continue;
@@ -341,7 +300,7 @@ impl Daemon {
                     full = true;
                 }
                 Wake::Timer => {
-                    self.wake_at = None;
+                    self.timer.0 = None;
                     timer = true;
                 }
                 Wake::Netlink | Wake::Control | Wake::Cgroup => {}
@@ -355,7 +314,7 @@ impl Daemon {
     /// One round after a wake-up: drain every source, then apply what changed.
     fn step(&mut self, full: bool, timer: bool, woke: Instant) {
         let mut full = full;
-        let net = match self.netlink.drain() {
+        let net = match self.sources.netlink.drain() {
             Ok(n) => n,
             Err(e) => {
                 warn!("rtnetlink read failed ({e}); recomputing everything");
@@ -366,7 +325,7 @@ impl Daemon {
         if net.overflow {
             warn!("rtnetlink notifications were lost (ENOBUFS); recomputing everything");
         }
-        let ctl = match self.control.drain() {
+        let ctl = match self.sources.control.drain() {
             Ok(c) => c,
             Err(e) => {
                 warn!("control directory watch failed ({e}); recomputing everything");
@@ -377,7 +336,7 @@ impl Daemon {
         if ctl.created && !ctl.changed {
             self.schedule(CREATE_GRACE);
         }
-        let cgroup_event = match self.cgroups.drain() {
+        let cgroup_event = match self.sources.cgroups.drain() {
             Ok(c) => c,
             Err(e) => {
                 warn!("cgroup watch failed ({e}); checking the attachments");
@@ -385,16 +344,16 @@ impl Daemon {
             }
         };
         if full {
-            self.resolve_units();
-            self.control.ensure();
+            self.targets.resolve_units();
+            self.sources.cgroups.set_targets(self.targets.paths());
+            self.sources.control.ensure();
         }
         let inputs_changed = full || timer || net.relevant || net.overflow || ctl.changed;
         if inputs_changed && self.recompute(ctl.changed) {
             self.apply(full, woke);
         }
         if full || timer || cgroup_event {
-            let failures = self.ensure_targets(full);
-            for f in failures {
+            for f in self.ensure_targets(full) {
                 error!("{f}");
             }
         }
@@ -414,24 +373,19 @@ impl Daemon {
                 true
             }
             Err(e) => {
-                error!("{e}; the current maps stay in force, retrying");
+                error!("{}; the current maps stay in force, retrying", Chain(&e));
                 self.schedule(RETRY);
                 false
             }
         }
     }
 
-    /// Brings the pinned maps to the current set; true if anything was written. If the pins
-    /// vanished (someone ran `detach --all`), the guard is rebuilt and re-attached.
-    fn apply(&mut self, always_record: bool, woke: Instant) -> bool {
-        let result = (|| {
-            let _lock = self.pins.lock()?;
-            let mut maps = guard::GuardMaps::open(&self.pins)?;
-            maps.sync(&self.set)
-        })();
-        match result {
-            Ok(r) => {
-                if self.apply_error.take().is_some() {
+    /// Brings the pinned maps to the current set. If the pins vanished (someone ran
+    /// `detach --all`), the guard is rebuilt and re-attached.
+    fn apply(&mut self, always_record: bool, woke: Instant) {
+        match apply::apply(&self.pins, &self.set, &self.config.ports) {
+            Applied::Synced(r) => {
+                if self.apply_error.clear() {
                     info!("the maps accept updates again");
                 }
                 let changed = r.upserted + r.removed > 0;
@@ -445,180 +399,42 @@ impl Daemon {
                 }
                 if changed || always_record {
                     self.record_sync(&r);
-                    notify::status(&self.status_line());
                 }
-                changed
             }
-            // The maps are there but refuse the update (e.g. full): keep what is in force,
-            // say so once, and retry.
-            Err(e) if self.pins.maps_pinned() => {
-                let msg = e.to_string();
-                if self.apply_error.as_ref() != Some(&msg) {
+            Applied::Refused(msg) => {
+                if self.apply_error.set(msg.clone()) {
                     error!(
                         "cannot update the maps: {msg}; the current entries stay in force, retrying"
                     );
-                    self.apply_error = Some(msg);
                 }
                 self.schedule(RETRY);
-                false
             }
-            // The pins are gone (someone ran `detach --all`): the daemon's job is to keep
-            // the guard in place, so it loads and attaches it again.
-            Err(e) => {
-                warn!("{e}; loading the guard again");
-                match guard::prepare(&self.pins, &self.set, &self.config.ports) {
-                    Ok(r) => {
-                        self.record_sync(&r);
-                        for t in &mut self.targets {
-                            t.attached = None;
-                        }
-                        for f in self.ensure_targets(true) {
-                            error!("{f}");
-                        }
-                        self.reopen_log();
-                        true
-                    }
-                    Err(e) => {
-                        error!("cannot restore the guard: {e}; retrying");
-                        self.schedule(RETRY);
-                        false
-                    }
+            Applied::Rebuilt(r) => {
+                self.record_sync(&r);
+                self.targets.forget_attachments();
+                for f in self.ensure_targets(true) {
+                    error!("{f}");
                 }
+                self.reopen_log();
             }
+            Applied::Failed => self.schedule(RETRY),
         }
     }
 
-    /// Attaches (idempotently) to every target cgroup that exists, verifies by reading back,
-    /// and removes links of cgroups that are gone. Returns one message per failure.
+    /// Attaches to every target that exists; returns one message per failure.
     fn ensure_targets(&mut self, verify_all: bool) -> Vec<String> {
-        let mut failures = Vec::new();
-        let mut retry = false;
-        for t in &mut self.targets {
-            let cg = match Cgroup::from_path(&t.path) {
-                Ok(cg) => cg,
-                Err(CgroupError::Missing(_)) => {
-                    match t.attached.take() {
-                        Some(id) => info!(
-                            "{} was removed (cgroup id {id}); it will be guarded again when it is created",
-                            t.label()
-                        ),
-                        None if verify_all => {
-                            info!("{} does not exist yet; waiting for it", t.label())
-                        }
-                        None => {}
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    failures.push(format!("{}: {e}", t.label()));
-                    t.attached = None;
-                    retry = true;
-                    continue;
-                }
-            };
-            if !verify_all && t.attached == Some(cg.id) && is_attached(&self.pins, cg.id) {
-                continue;
-            }
-            match guard::attach(&self.pins, &cg, &self.set, &self.config.ports) {
-                Ok(r) => {
-                    if !r.attached.is_empty() {
-                        info!(
-                            "attached {} to {} (cgroup id {})",
-                            r.attached.join(" "),
-                            t.label(),
-                            cg.id
-                        );
-                    }
-                }
-                Err(e) => {
-                    failures.push(format!("cannot attach to {}: {e}", t.label()));
-                    t.attached = None;
-                    retry = true;
-                    continue;
-                }
-            }
-            match guard::verify(&self.pins, &cg) {
-                Ok(n) => {
-                    if n > 1 {
-                        warn!(
-                            "{}: the guard program is attached {n} times (duplicate links)",
-                            t.label()
-                        );
-                    }
-                    if t.attached != Some(cg.id) {
-                        debug!("verified {} (cgroup id {})", t.label(), cg.id);
-                    }
-                    t.attached = Some(cg.id);
-                }
-                Err(e) => {
-                    failures.push(format!("{}: {e}", t.label()));
-                    t.attached = None;
-                    retry = true;
-                }
-            }
-        }
-        match guard::prune_stale(&self.pins) {
-            Ok(pruned) => {
-                for p in pruned {
-                    info!(
-                        "removed the stale {} link of removed cgroup id {}",
-                        p.hook.name(),
-                        p.cgroup_id
-                    );
-                }
-            }
-            Err(e) => warn!("cannot clean stale links: {e}"),
-        }
-        if retry {
+        let out = self
+            .targets
+            .ensure(&self.pins, &self.set, &self.config.ports, verify_all);
+        if out.retry {
             self.schedule(RETRY);
         }
-        failures
-    }
-
-    /// Units may move (a changed Slice=): re-resolve them on full resyncs.
-    fn resolve_units(&mut self) {
-        for t in &mut self.targets {
-            if let Spec::Unit(_) = t.spec {
-                match Target::resolve(&t.spec) {
-                    Ok(p) if p != t.path => {
-                        info!("{} now lives at {}", t.label(), p.display());
-                        t.path = p;
-                        t.attached = None;
-                    }
-                    Ok(_) => {}
-                    Err(e) => warn!("cannot resolve {}: {e}", t.label()),
-                }
-            }
-        }
-        self.cgroups
-            .set_targets(self.targets.iter().map(|t| t.path.clone()).collect());
+        out.failures
     }
 
     fn report_input_errors(&mut self, errors: &[IpmeError], control_changed: bool) {
-        let joined = (!errors.is_empty()).then(|| {
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        });
-        if joined != self.input_error || (control_changed && joined.is_some()) {
-            for e in errors {
-                match e {
-                    IpmeError::Parse { file, .. } => {
-                        error!("{e}; the last good {file} stays in force")
-                    }
-                    _ => error!("{e}; its last good contents stay in force"),
-                }
-            }
-            if joined.is_none() {
-                info!("the control files are valid again");
-            }
-            let changed = joined != self.input_error;
-            self.input_error = joined;
-            if changed {
-                self.write_state();
-            }
+        if self.input_errors.report(errors, control_changed) {
+            self.write_state();
         }
     }
 
@@ -633,87 +449,54 @@ impl Daemon {
                     "cannot read {}: {e}; refusals are not logged",
                     prog.display()
                 );
-                self.log = None;
+                self.sources.log = None;
                 return;
             }
         };
-        if self.log.as_ref().is_some_and(|l| l.program_id() == id) {
+        if self
+            .sources
+            .log
+            .as_ref()
+            .is_some_and(|l| l.program_id() == id)
+        {
             return;
         }
         // Both programs of one load share one ring buffer, so one reader covers both.
         match RefusalLog::open(id) {
-            Ok(l) => self.log = Some(l),
+            Ok(l) => self.sources.log = Some(l),
             Err(e) => {
                 warn!("{e}; refusals are counted (status) but not logged");
-                self.log = None;
+                self.sources.log = None;
             }
         }
     }
 
     fn schedule(&mut self, after: Duration) {
-        let at = Instant::now() + after;
-        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+        self.timer.schedule(Instant::now() + after);
     }
 
     fn status_line(&self) -> String {
-        let attached: Vec<String> = self
-            .targets
-            .iter()
-            .filter(|t| t.attached.is_some())
-            .map(Target::label)
-            .collect();
-        let waiting: Vec<String> = self
-            .targets
-            .iter()
-            .filter(|t| t.attached.is_none())
-            .map(Target::label)
-            .collect();
-        let mut s = format!("{} entries", self.set.len());
-        if !attached.is_empty() {
-            s.push_str(&format!("; guarding {}", attached.join(", ")));
-        }
-        if !waiting.is_empty() {
-            s.push_str(&format!("; waiting for {}", waiting.join(", ")));
-        }
-        if self.input_error.is_some() {
-            s.push_str("; control file error, last good set in force");
-        }
-        s
+        status_line(
+            self.set.len(),
+            &self.targets.labels_where_attached(true),
+            &self.targets.labels_where_attached(false),
+            self.input_errors.any(),
+        )
     }
 
     fn record_sync(&mut self, report: &SyncReport) {
-        let r = state::record_sync(&self.pins, "daemon", report);
-        self.state_result(r);
+        self.state.record_sync(report);
+        notify::status(&self.status_line());
     }
 
     fn write_state(&mut self) {
-        let mut st = state::load(&self.pins);
-        st.daemon = Some(DaemonInfo {
-            pid: std::process::id(),
-            started_unix_time: self.started,
-            targets: self.targets.iter().map(Target::label).collect(),
-            input_error: self.input_error.clone(),
-        });
-        let r = state::store(&self.pins, &st);
-        self.state_result(r);
-    }
-
-    /// The state file is informational: warn once, never fail.
-    fn state_result(&mut self, r: io::Result<()>) {
-        if let Err(e) = r
-            && !self.state_warned
-        {
-            self.state_warned = true;
-            warn!(
-                "cannot write {}: {e}; `qmail-guard status` will not show the last sync",
-                state::path(&self.pins).display()
-            );
-        }
+        self.state
+            .write_daemon(self.targets.labels(), self.input_errors.current());
     }
 
     fn shutdown(&mut self) {
         notify::stopping();
-        if let Some(l) = self.log.as_mut() {
+        if let Some(l) = self.sources.log.as_mut() {
             l.flush();
         }
         if !self.config.detach_on_exit {
@@ -723,34 +506,61 @@ impl Daemon {
             );
             return;
         }
-        for t in &self.targets {
+        for t in self.targets.iter() {
             let Ok(cg) = Cgroup::from_path(&t.path) else {
                 continue;
             };
             match guard::detach(&self.pins, Detach::Cgroup(cg.id)) {
                 Ok(n) => info!("--detach-on-exit: removed {n} link(s) from {}", t.label()),
-                Err(e) => error!("--detach-on-exit: cannot detach from {}: {e}", t.label()),
+                Err(e) => error!(
+                    "--detach-on-exit: cannot detach from {}: {}",
+                    t.label(),
+                    Chain(&e)
+                ),
             }
         }
     }
 }
 
-/// Registers an owned fd-holding object with the runtime.
-fn register<T: std::os::fd::AsRawFd>(inner: T) -> io::Result<tokio::io::unix::AsyncFd<T>> {
-    // SAFETY: `inner` owns its descriptor, which stays open for as long as the AsyncFd holds
-    // `inner`, and as_raw_fd always returns that same descriptor.
-    unsafe { tokio::io::unix::AsyncFd::register(inner) }.map_err(io::Error::from)
-}
-
-fn register_with_interest<T: std::os::fd::AsRawFd>(
-    inner: T,
-    interest: tokio::io::Interest,
-) -> io::Result<tokio::io::unix::AsyncFd<T>> {
-    // SAFETY: as in `register`.
-    unsafe { tokio::io::unix::AsyncFd::register_with_interest(inner, interest) }
-        .map_err(io::Error::from)
+impl Sources {
+    /// Subscribe first, compute second: a change in between is then seen as an event.
+    fn subscribe(qmail_home: &std::path::Path, targets: &Targets) -> Result<Sources, DaemonError> {
+        let netlink =
+            NetlinkWatch::new().map_err(|e| DaemonError::Io("cannot subscribe to rtnetlink", e))?;
+        let control = ControlWatch::new(qmail_home)
+            .map_err(|e| DaemonError::Io("cannot watch the control directory", e))?;
+        if !control.watching_control() {
+            warn!(
+                "{} does not exist (yet): waiting for it; until then moreipme/notipme are empty",
+                qmail_home.join("control").display()
+            );
+        }
+        let cgroups = CgroupWatch::new(targets.paths())
+            .map_err(|e| DaemonError::Io("cannot watch the cgroup directories", e))?;
+        Ok(Sources {
+            netlink,
+            control,
+            cgroups,
+            log: None,
+        })
+    }
 }
 
 fn io_wake(r: io::Result<()>, wake: Wake, what: &'static str) -> Result<Wake, DaemonError> {
     r.map(|()| wake).map_err(|e| DaemonError::Io(what, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timer_keeps_the_earliest_wake_up() {
+        let now = Instant::now();
+        let mut t = Timer::default();
+        t.schedule(now + Duration::from_secs(5));
+        t.schedule(now + Duration::from_secs(1));
+        t.schedule(now + Duration::from_secs(3));
+        assert_eq!(t.0, Some(now + Duration::from_secs(1)));
+    }
 }

@@ -45,7 +45,7 @@ impl NetlinkWatch {
         let _ = socket.set_rx_buf_sz(RCVBUF);
         socket.set_non_blocking(true)?;
         Ok(NetlinkWatch {
-            fd: super::register(socket)?,
+            fd: super::fd::register(socket)?,
             buf: vec![0; 64 * 1024],
         })
     }

@@ -1,0 +1,41 @@
+//! Bringing the pinned maps to the current set, and rebuilding the guard when its pins are gone
+//! (the daemon's job is to keep it in place, even after someone ran `detach --all`).
+use std::collections::BTreeSet;
+
+use guard_loader::{self as guard, GuardMaps, PinDir, SyncReport};
+use ipme::{Chain, IpmeSet};
+use tracing::{error, warn};
+
+/// The outcome of one [`apply`].
+pub enum Applied {
+    /// The maps hold the set now.
+    Synced(SyncReport),
+    /// The maps are there but refuse the update (e.g. full): what is in force stays.
+    Refused(String),
+    /// The pins were gone; the guard was loaded again (its links must be re-made).
+    Rebuilt(SyncReport),
+    /// The pins were gone and loading again failed (logged); retry later.
+    Failed,
+}
+
+pub fn apply(pins: &PinDir, set: &IpmeSet, ports: &BTreeSet<u16>) -> Applied {
+    let result = (|| {
+        let _lock = pins.lock()?;
+        let mut maps = GuardMaps::open(pins)?;
+        maps.sync(set)
+    })();
+    match result {
+        Ok(r) => Applied::Synced(r),
+        Err(e) if pins.maps_pinned() => Applied::Refused(Chain(&e).to_string()),
+        Err(e) => {
+            warn!("{}; loading the guard again", Chain(&e));
+            match guard::prepare(pins, set, ports) {
+                Ok(r) => Applied::Rebuilt(r),
+                Err(e) => {
+                    error!("cannot restore the guard: {}; retrying", Chain(&e));
+                    Applied::Failed
+                }
+            }
+        }
+    }
+}
