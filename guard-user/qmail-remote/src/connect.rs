@@ -40,7 +40,7 @@ pub fn poll_ms(secs: i32) -> i32 {
 }
 
 /// Waits until `fd` is ready for `events`; `Ok(false)` on timeout.
-fn wait(fd: RawFd, events: libc::c_short, timeout_ms: i32) -> io::Result<bool> {
+pub fn wait(fd: RawFd, events: libc::c_short, timeout_ms: i32) -> io::Result<bool> {
     let mut p = libc::pollfd {
         fd,
         events,
@@ -179,6 +179,30 @@ pub fn connect(ip: IpAddr, port: u16, timeout_ms: i32) -> Result<OwnedFd, Connec
     Ok(fd)
 }
 
+/// True if the peer of `fd` closed or reset the connection (no waiting).
+pub fn hung_up(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
+    r > 0 && p.revents & (libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) != 0
+}
+
+/// qmail's error_str() words for the errors a session meets; the OS text otherwise.
+pub fn error_str(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ECONNRESET) => "connection reset".into(),
+        Some(libc::ETIMEDOUT) => "timed out".into(),
+        Some(libc::EPIPE) => "broken pipe".into(),
+        Some(libc::ECONNREFUSED) => "connection refused".into(),
+        _ if e.kind() == io::ErrorKind::TimedOut => "timed out".into(),
+        _ => e.to_string(),
+    }
+}
+
 /// A connected SMTP socket with per-operation timeouts and a read buffer.
 pub struct Conn {
     fd: OwnedFd,
@@ -277,14 +301,14 @@ impl Conn {
     /// True if the peer has already closed or reset the connection (checked without waiting).
     /// Unsolicited data does not count: only a hang-up or a socket error does.
     pub fn peer_gone(&self) -> bool {
-        let mut p = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLRDHUP,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        let r = unsafe { libc::poll(&mut p, 1, 0) };
-        r > 0 && p.revents & (libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) != 0
+        hung_up(self.fd.as_raw_fd())
+    }
+
+    /// The socket and its timeout, for a TLS session that takes the connection over. Bytes
+    /// already read but not consumed are dropped: nothing the server sent in clear may be
+    /// taken as part of the encrypted session.
+    pub fn into_parts(self) -> (OwnedFd, i32) {
+        (self.fd, self.timeout_ms)
     }
 
     /// One non-blocking attempt, result ignored: used for QUIT, whose outcome changes nothing.

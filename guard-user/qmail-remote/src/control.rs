@@ -128,6 +128,8 @@ pub struct Controls {
     pub timeout_connect: i32,
     /// control/smtproutes.
     pub routes: Routes,
+    /// control/authsenders (docs/qmail-remote-tls.md §5.1).
+    pub authsenders: Routes,
     /// IPv6 delivery (control/remoteipv6: `0` turns it off; absent or any other number: on).
     pub ipv6: bool,
 }
@@ -150,12 +152,18 @@ pub fn load(base: &Path) -> Result<Controls, ControlError> {
             .unwrap_or_default()
             .iter(),
     );
+    let authsenders = Routes::parse(
+        read_lines(base, "control/authsenders")?
+            .unwrap_or_default()
+            .iter(),
+    );
     let ipv6 = read_int(base, "control/remoteipv6", 1)? != 0;
     Ok(Controls {
         helohost,
         timeout_remote,
         timeout_connect,
         routes,
+        authsenders,
         ipv6,
     })
 }

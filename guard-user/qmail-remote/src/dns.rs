@@ -6,16 +6,21 @@
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::rc::Rc;
 
 use super::control::scan_ulong;
 
 /// One address to try, with the preference of the MX it came from (0 for A fallback/literals).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Candidate {
     /// The address.
     pub ip: IpAddr,
     /// MX preference (u32 so the loop rule's 100000/300000 sentinels fit).
     pub pref: u32,
+    /// The host name the address came from, for the per-host TLS files: the MX exchange as
+    /// answered, the domain itself without MX, the relay as written; none for IP literals
+    /// (docs/qmail-remote-tls.md §3.1).
+    pub name: Option<Rc<[u8]>>,
 }
 
 /// A failed lookup: soft = try again later, hard = the name or data does not exist.
@@ -249,12 +254,21 @@ pub async fn relay_ip<R: Resolve>(
     ipv6: bool,
 ) -> Result<Vec<Candidate>, DnsError> {
     if let Some(ip) = literal(host) {
-        return Ok(vec![Candidate { ip, pref: 0 }]);
+        return Ok(vec![Candidate {
+            ip,
+            pref: 0,
+            name: None,
+        }]);
     }
+    let name: Rc<[u8]> = Rc::from(host);
     let mut c: Vec<Candidate> = host_addrs(r, host, ipv6)
         .await?
         .into_iter()
-        .map(|ip| Candidate { ip, pref: 0 })
+        .map(|ip| Candidate {
+            ip,
+            pref: 0,
+            name: Some(name.clone()),
+        })
         .collect();
     v4_first(&mut c);
     Ok(c)
@@ -281,7 +295,11 @@ pub async fn mx_ip<R: Resolve>(
 ) -> Result<MxResult, DnsError> {
     if let Some(ip) = literal(host) {
         return Ok(MxResult {
-            candidates: vec![Candidate { ip, pref: 0 }],
+            candidates: vec![Candidate {
+                ip,
+                pref: 0,
+                name: None,
+            }],
             soft: false,
         });
     }
@@ -313,11 +331,13 @@ pub async fn mx_ip<R: Resolve>(
     let results = join_all(lookups.collect()).await;
     let mut candidates = Vec::new();
     let mut soft = false;
-    for ((pref, _), (res, is_literal)) in ordered.iter().zip(results) {
+    for ((pref, exchange), (res, is_literal)) in ordered.iter().zip(results) {
+        let name: Option<Rc<[u8]>> = (!is_literal).then(|| Rc::from(exchange.as_slice()));
         match res {
             Ok(addrs) => candidates.extend(addrs.into_iter().map(|ip| Candidate {
                 ip,
                 pref: if is_literal { 0 } else { u32::from(*pref) },
+                name: name.clone(),
             })),
             Err(DnsError::Soft) => soft = true,
             Err(DnsError::Hard) => {}

@@ -1,17 +1,21 @@
 //! qmail-remote: a byte-compatible drop-in for qmail's remote delivery program
-//! (contract: docs/qmail-remote.md), with IPv6, a real resolver, the shared ipme set for the
-//! loop rule and the qmail-guard kernel refusal (ELOOP → perm_ambigmx).
+//! (contract: docs/qmail-remote.md, and docs/qmail-remote-tls.md for EHLO, STARTTLS/SMTPS, AUTH
+//! and SIZE), with IPv6, a real resolver, the shared ipme set for the loop rule and the
+//! qmail-guard kernel refusal (ELOOP → perm_ambigmx).
 //!
-//! Modules, one job each: `args` (argv), `control` (control files), `routes` (smtproutes),
-//! `quote` (address mangling), `dns` (candidate list, MX order), `ehlo` (EHLO keywords), `resolver` (hickory backend),
-//! `prefme` (loop rule), `tcpto` (timeout table), `connect` (sockets with timeouts), `smtp`
-//! (dialogue), `blast` (body encoding), `report` (output records), `run` (the sequence).
+//! Modules, one job each: `args` (argv), `control` (control files), `routes` (smtproutes,
+//! authsenders), `quote` (address mangling), `dns` (candidate list, MX order), `resolver`
+//! (hickory backend), `prefme` (loop rule), `tcpto` (timeout table), `connect` (sockets with
+//! timeouts), `ehlo` (EHLO extensions), `tls` (TLS policy, rustls stream, verification), `cert`
+//! (certificate names), `sasl` (AUTH messages), `smtp` (dialogue), `blast` (body encoding),
+//! `report` (output records), `run` (the sequence).
 //!
 //! Process rules (docs/qmail-remote.md §1.3–1.5): always exit 0; never write to stderr (it is the report
 //! pipe); a panic becomes a Z report.
 
 pub mod args;
 pub mod blast;
+pub mod cert;
 pub mod connect;
 pub mod control;
 pub mod dns;
@@ -22,8 +26,10 @@ pub mod report;
 pub mod resolver;
 pub mod routes;
 pub mod run;
+pub mod sasl;
 pub mod smtp;
 pub mod tcpto;
+pub mod tls;
 
 use std::fs::File;
 use std::mem::ManuallyDrop;

@@ -33,7 +33,7 @@ pub fn eligible(cands: &[Candidate], me: Option<&dyn IsMe>) -> Result<Vec<Candid
             .map(|c| c.pref)
             .fold(100_000, u32::min),
     };
-    let out: Vec<Candidate> = cands.iter().copied().filter(|c| c.pref < prefme).collect();
+    let out: Vec<Candidate> = cands.iter().filter(|c| c.pref < prefme).cloned().collect();
     if out.is_empty() {
         Err(Ambiguous)
     } else {
@@ -99,6 +99,7 @@ mod tests {
         Candidate {
             ip: ip.parse().unwrap(),
             pref,
+            name: None,
         }
     }
 
@@ -162,7 +163,7 @@ mod tests {
             let mut l = LateMe::new();
             l.found(x);
             let stock = eligible(&list, Some(&One(x.ip)));
-            let late: Vec<Candidate> = list.iter().copied().filter(|c| l.allows(c)).collect();
+            let late: Vec<Candidate> = list.iter().filter(|c| l.allows(c)).cloned().collect();
             match stock {
                 Ok(v) => assert_eq!((v, l.verdict(&list)), (late, Ok(())), "case {i}"),
                 Err(Ambiguous) => {

@@ -34,8 +34,16 @@ pub enum Report {
     PermNomx,
     /// We are a best-preference MX (or the A record), or the guard refused the connect.
     PermAmbigmx,
-    /// The SMTP connection died; `critical` once the final dot was written.
-    Dropped { ip: IpAddr, critical: bool },
+    /// The SMTP connection died; `critical` once the final dot was written; `err` (TLS
+    /// sessions only, as the TLS patch) says why.
+    Dropped {
+        ip: IpAddr,
+        critical: bool,
+        err: Option<String>,
+    },
+    /// A TLS or AUTH record (docs/qmail-remote-tls.md §4, §5.2): the whole text up to the
+    /// reply, then `Remote host said:` if `said` is not empty.
+    Text { record: Vec<u8>, said: Vec<u8> },
     /// Greeting other than 220.
     GreetingFailed { ip: IpAddr, said: Vec<u8> },
     /// HELO answered other than 250.
@@ -146,17 +154,22 @@ impl Report {
                 b"DSorry, I couldn't find a mail exchanger or IP address. (#5.4.4)\n",
             ),
             Report::PermAmbigmx => out.extend_from_slice(AMBIGMX.as_bytes()),
-            Report::Dropped { ip, critical } => {
+            Report::Dropped { ip, critical, err } => {
                 let dup = if *critical {
                     "Possible duplicate! "
                 } else {
                     ""
                 };
+                let err = err.as_ref().map(|e| format!("{e} ")).unwrap_or_default();
                 let s = format!(
-                    "ZConnected to {} but connection died. {dup}(#4.4.2)\n",
+                    "ZConnected to {} but connection died. {dup}{err}(#4.4.2)\n",
                     ip_text(ip)
                 );
                 out.extend_from_slice(s.as_bytes());
+            }
+            Report::Text { record, said } => {
+                out.extend_from_slice(record);
+                push_said(out, said);
             }
             Report::GreetingFailed { ip, said } => {
                 push_quit(out, "ZConnected to ", ip, " but greeting failed", said)
@@ -187,6 +200,102 @@ impl Report {
             Report::Internal => out.extend_from_slice(INTERNAL_TEXT.as_bytes()),
         }
         out.push(0);
+    }
+}
+
+/// Builders for the TLS patch's texts (docs/qmail-remote-tls.md §4) and the AUTH texts (§5.2).
+pub mod tls {
+    use super::{IpAddr, Report, ip_text, push_quit};
+
+    fn rec(parts: &[&[u8]], connected: bool, ip: &IpAddr) -> Vec<u8> {
+        let mut v = Vec::with_capacity(96);
+        for p in parts {
+            v.extend_from_slice(p);
+        }
+        let tail = if connected {
+            "; connected to "
+        } else {
+            "; connecting to "
+        };
+        v.extend_from_slice(format!("{tail}{}.\n", ip_text(ip)).as_bytes());
+        v
+    }
+
+    fn text(record: Vec<u8>, said: Vec<u8>) -> Report {
+        Report::Text { record, said }
+    }
+
+    /// T1: a .pem exists but the server offers no STARTTLS.
+    pub fn no_tls(file: &str, ip: &IpAddr) -> Report {
+        let r = [b"ZNo TLS achieved while ", file.as_bytes(), b" exists"];
+        text(rec(&r, false, ip), Vec::new())
+    }
+
+    /// T2: STARTTLS answered other than 220 while a .pem exists.
+    pub fn starttls_rejected(file: &str, ip: &IpAddr, said: Vec<u8>) -> Report {
+        let r = [b"ZSTARTTLS rejected while ", file.as_bytes(), b" exists"];
+        text(rec(&r, false, ip), said)
+    }
+
+    /// T3: the client context cannot be set up.
+    pub fn init_ctx(err: &str, ip: &IpAddr) -> Report {
+        let r = [b"ZTLS error initializing ctx: ", err.as_bytes()];
+        text(rec(&r, false, ip), Vec::new())
+    }
+
+    /// T4: the CA file is unusable.
+    pub fn load(file: &str, err: &str, ip: &IpAddr) -> Report {
+        let r = [
+            b"ZTLS unable to load ",
+            file.as_bytes(),
+            b": ",
+            err.as_bytes(),
+        ];
+        text(rec(&r, false, ip), Vec::new())
+    }
+
+    /// T6: the handshake failed.
+    pub fn connect_failed(err: &str, ip: &IpAddr) -> Report {
+        let r = [b"ZTLS connect failed: ", err.as_bytes()];
+        text(rec(&r, true, ip), Vec::new())
+    }
+
+    /// T7: the chain does not verify with the CA file.
+    pub fn verify_chain(file: &str, reason: &str, ip: &IpAddr) -> Report {
+        let r = [
+            b"ZTLS unable to verify server with ",
+            file.as_bytes(),
+            b": ",
+            reason.as_bytes(),
+        ];
+        text(rec(&r, true, ip), Vec::new())
+    }
+
+    /// T8-T11: `what` after `ZTLS unable to verify server <name>: `.
+    pub fn verify_name(name: &[u8], what: &[u8], ip: &IpAddr) -> Report {
+        let r = [b"ZTLS unable to verify server ", name, b": ", what];
+        text(rec(&r, true, ip), Vec::new())
+    }
+
+    /// T12: the SMTPS greeting is not 220.
+    pub fn greeting_failed(ip: &IpAddr, said: &[u8]) -> Report {
+        let mut v = Vec::new();
+        push_quit(
+            &mut v,
+            "ZTLS Connected to ",
+            ip,
+            " but greeting failed",
+            said,
+        );
+        text(v, Vec::new())
+    }
+
+    /// `ZConnected to <ip> but <what>.` + said: the AUTH texts pass `what` with its own final
+    /// period, hence the patch's `..`.
+    pub fn connected_but(ip: &IpAddr, what: &str, said: &[u8]) -> Report {
+        let mut v = Vec::new();
+        push_quit(&mut v, "ZConnected to ", ip, &format!(" but {what}"), said);
+        text(v, Vec::new())
     }
 }
 
@@ -284,13 +393,18 @@ mod tests {
             b"DSorry, I couldn't find any host named a?b?.c. (#5.1.2)\n\0"
         );
         assert_eq!(
-            r(Report::Dropped { ip, critical: true }),
+            r(Report::Dropped {
+                ip,
+                critical: true,
+                err: None
+            }),
             b"ZConnected to 192.0.2.7 but connection died. Possible duplicate! (#4.4.2)\n\0"
         );
         assert_eq!(
             r(Report::Dropped {
                 ip,
-                critical: false
+                critical: false,
+                err: None
             }),
             b"ZConnected to 192.0.2.7 but connection died. (#4.4.2)\n\0"
         );
@@ -375,5 +489,60 @@ mod tests {
             o.bytes(),
             b"r\0h192.0.2.7 does not like recipient.\nRemote host said: 550 no\n\0ZSorry, I wasn't able to establish an SMTP connection. (#4.4.1)\n\0"
         );
+    }
+
+    #[test]
+    fn tls_texts() {
+        let ip: IpAddr = "203.0.113.25".parse().unwrap();
+        let f = "control/tlshosts/mx.tls.test.pem";
+        let cases: [(Report, &[u8]); 8] = [
+            (
+                tls::no_tls(f, &ip),
+                b"ZNo TLS achieved while control/tlshosts/mx.tls.test.pem exists; connecting to 203.0.113.25.\n\0",
+            ),
+            (
+                tls::starttls_rejected(f, &ip, b"454 not now\n".to_vec()),
+                b"ZSTARTTLS rejected while control/tlshosts/mx.tls.test.pem exists; connecting to 203.0.113.25.\nRemote host said: 454 not now\n\0",
+            ),
+            (
+                tls::connect_failed("timed out", &ip),
+                b"ZTLS connect failed: timed out; connected to 203.0.113.25.\n\0",
+            ),
+            (
+                tls::verify_chain(f, "self-signed certificate", &ip),
+                b"ZTLS unable to verify server with control/tlshosts/mx.tls.test.pem: self-signed certificate; connected to 203.0.113.25.\n\0",
+            ),
+            (
+                tls::verify_name(
+                    b"mx.tls.test",
+                    b"certificate contains no matching dNSNnames",
+                    &ip,
+                ),
+                b"ZTLS unable to verify server mx.tls.test: certificate contains no matching dNSNnames; connected to 203.0.113.25.\n\0",
+            ),
+            (
+                tls::greeting_failed(&ip, b"554 go away\n"),
+                b"ZTLS Connected to 203.0.113.25 but greeting failed.\nRemote host said: 554 go away\n\0",
+            ),
+            (
+                tls::connected_but(
+                    &ip,
+                    "authentication was rejected (plain).",
+                    b"535 5.7.8 nope\n",
+                ),
+                b"ZConnected to 203.0.113.25 but authentication was rejected (plain)..\nRemote host said: 535 5.7.8 nope\n\0",
+            ),
+            (
+                Report::Dropped {
+                    ip,
+                    critical: true,
+                    err: Some("connection reset".into()),
+                },
+                b"ZConnected to 203.0.113.25 but connection died. Possible duplicate! connection reset (#4.4.2)\n\0",
+            ),
+        ];
+        for (rep, want) in cases {
+            assert_eq!(r(rep), want);
+        }
     }
 }

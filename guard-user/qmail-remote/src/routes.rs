@@ -15,6 +15,26 @@ pub struct Relay {
     pub host: Vec<u8>,
     /// TCP port (stock: leading digits, modulo 65536; `relay:` gives 0).
     pub port: u16,
+    /// SMTP AUTH credentials (`relay[:port]|user|password`, docs/qmail-remote-tls.md §5.1).
+    pub auth: Auth,
+}
+
+/// The credentials part of a route.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Auth {
+    /// None given (or user or password empty).
+    #[default]
+    None,
+    /// User and password.
+    Login {
+        /// The user name.
+        user: Vec<u8>,
+        /// The password (the rest of the line: may hold `:` and `|`).
+        password: Vec<u8>,
+    },
+    /// `relay|user` without the second `|`: the AUTH patch sent the next line of the file as
+    /// the password; here it is a control-file error.
+    Malformed,
 }
 
 impl Routes {
@@ -48,6 +68,39 @@ impl Routes {
             .find_map(|i| self.get(&host[i..]))?;
         parse_relay(value)
     }
+
+    /// control/authsenders lookup for a (mangled) sender: the whole sender, each suffix that
+    /// starts with `.` or `@` (longest first), then the empty key. The first key found decides;
+    /// an empty value or relay means "no authsenders route".
+    pub fn sender_route(&self, sender: &[u8]) -> Option<Relay> {
+        let value = (0..=sender.len())
+            .filter(|&i| i == 0 || i == sender.len() || matches!(sender[i], b'.' | b'@'))
+            .find_map(|i| self.get(&sender[i..]))?;
+        parse_relay(value).filter(|r| !r.host.is_empty())
+    }
+}
+
+/// Splits `relay[:port]|user|password` at the first two `|`.
+fn split_auth(value: &[u8]) -> (&[u8], Auth) {
+    let Some(i) = value.iter().position(|&c| c == b'|') else {
+        return (value, Auth::None);
+    };
+    let rest = &value[i + 1..];
+    let auth = match rest.iter().position(|&c| c == b'|') {
+        None => Auth::Malformed,
+        Some(j) => {
+            let (user, password) = (&rest[..j], &rest[j + 1..]);
+            if user.is_empty() || password.is_empty() {
+                Auth::None
+            } else {
+                Auth::Login {
+                    user: user.to_vec(),
+                    password: password.to_vec(),
+                }
+            }
+        }
+    };
+    (&value[..i], auth)
 }
 
 /// Splits `relay[:port]`. A relay in brackets (`[IPv6:2001:db8::1]:2525`) is taken up to its
@@ -55,6 +108,11 @@ impl Routes {
 /// splits, exactly like stock.
 fn parse_relay(value: &[u8]) -> Option<Relay> {
     if value.is_empty() {
+        return None;
+    }
+    let (value, auth) = split_auth(value);
+    if value.is_empty() {
+        // `key:|user|password`: no relay, so MX as usual, and no credentials for MX hosts
         return None;
     }
     let split = if value[0] == b'[' {
@@ -76,6 +134,7 @@ fn parse_relay(value: &[u8]) -> Option<Relay> {
     Some(Relay {
         host: host.to_vec(),
         port,
+        auth,
     })
 }
 
@@ -92,7 +151,43 @@ mod tests {
         Some(Relay {
             host: h.as_bytes().to_vec(),
             port: p,
+            auth: Auth::None,
         })
+    }
+
+    #[test]
+    fn credentials_and_authsenders() {
+        let login = |u: &str, p: &str| Auth::Login {
+            user: u.as_bytes().to_vec(),
+            password: p.as_bytes().to_vec(),
+        };
+        let r = parse_relay(b"mx.a.test:125|myuserid|my:pass|word").unwrap();
+        assert_eq!((r.host.as_slice(), r.port), (&b"mx.a.test"[..], 125));
+        assert_eq!(r.auth, login("myuserid", "my:pass|word"));
+        let r = parse_relay(b"mx.a.test|u").unwrap();
+        assert_eq!(
+            (r.host.as_slice(), r.port, r.auth),
+            (&b"mx.a.test"[..], 25, Auth::Malformed)
+        );
+        assert_eq!(parse_relay(b"mx.a.test:465||p").unwrap().auth, Auth::None);
+        assert_eq!(parse_relay(b"[IPv6:2001:db8::1]:26|u|p").unwrap().port, 26);
+        let a = routes(&[
+            "a.b@x.y:r1|u1|p1",
+            "@x.y:r2:465|u2|p2",
+            ".y:r3",
+            "@empty.test:",
+            "@norelay.test:|u|p",
+            ":r4",
+            "client.example:r5",
+        ]);
+        assert_eq!(a.sender_route(b"a.b@x.y").unwrap().auth, login("u1", "p1"));
+        let r = a.sender_route(b"c@X.Y").unwrap();
+        assert_eq!((r.host.as_slice(), r.port), (&b"r2"[..], 465));
+        assert_eq!(a.sender_route(b"c@z.y").unwrap().host, b"r3");
+        assert_eq!(a.sender_route(b"").unwrap().host, b"r4");
+        assert_eq!(a.sender_route(b"c@client.example").unwrap().host, b"r4");
+        assert_eq!(a.sender_route(b"c@empty.test"), None);
+        assert_eq!(a.sender_route(b"c@norelay.test"), None);
     }
 
     #[test]

@@ -14,8 +14,8 @@ use super::prefme::{self, IsMe, LateMe};
 use super::quote::addrmangle;
 use super::report::{Output, Report};
 use super::resolver::{Hickory, ResolverInitError};
-use super::routes::Relay;
-use super::smtp::{Envelope, Session};
+use super::routes::{Auth, Relay};
+use super::smtp::{Envelope, Outcome, Session, TlsParams};
 use super::tcpto::Tcpto;
 use ipme::{IpmeError, IpmeSet};
 
@@ -37,8 +37,12 @@ fn deliver(
     // everything below is relative to the qmail home, like stock
     let here = Path::new("");
     let ctl = control::load(here).map_err(|_| Report::TempControl)?;
-    let relay = ctl.routes.route(&args.host);
     let sender = addrmangle(&args.sender);
+    // an authsenders route replaces any smtproutes route (docs/qmail-remote-tls.md §5.1)
+    let relay = ctl
+        .authsenders
+        .sender_route(&sender)
+        .or_else(|| ctl.routes.route(&args.host));
     // Relays skip the loop rule (stock prefme 300000), so the ipme set is only needed without
     // one.
     let ipme = match relay {
@@ -52,6 +56,19 @@ fn deliver(
     let eligible = prefme::eligible(&cands, me).map_err(|_| Report::PermAmbigmx)?;
 
     let port = relay.as_ref().map_or(25, |r| r.port);
+    let no_auth = Auth::None;
+    let auth = relay.as_ref().map_or(&no_auth, |r| &r.auth);
+    let env = Envelope {
+        helo: &ctl.helohost,
+        sender: &sender,
+        recips: &recips,
+        size: message_size(),
+        auth,
+        auth_cleartext: *auth != Auth::None
+            && control::read_line(here, "control/authcleartext")
+                .map_err(|_| Report::TempControl)?
+                .is_some(),
+    };
     let mut tcpto = Tcpto::new(here);
     let mut late = LateMe::new();
     for c in &eligible {
@@ -61,13 +78,28 @@ fn deliver(
         match connect::connect(c.ip, port, poll_ms(ctl.timeout_connect)) {
             Ok(fd) => {
                 tcpto.record(&c.ip, false);
-                let session = Session::new(Conn::new(fd, poll_ms(ctl.timeout_remote)), c.ip);
-                let env = Envelope {
-                    helo: &ctl.helohost,
-                    sender: &sender,
-                    recips: &recips,
+                let mut tlsp = TlsParams {
+                    base: here,
+                    name: c.name.as_deref(),
+                    smtps: port == 465,
+                    allowed: true,
                 };
-                return Ok(session.deliver(&env, msg, out));
+                let session = Session::new(Conn::new(fd, poll_ms(ctl.timeout_remote)), c.ip);
+                return match session.deliver(&env, &tlsp, msg, out) {
+                    Outcome::Done(r) => Ok(r),
+                    // a failed opportunistic handshake: once more on a new connection, in clear
+                    Outcome::RetryClear(r) => {
+                        let Ok(fd) = connect::connect(c.ip, port, poll_ms(ctl.timeout_connect))
+                        else {
+                            return Ok(r);
+                        };
+                        tlsp.allowed = false;
+                        let s = Session::new(Conn::new(fd, poll_ms(ctl.timeout_remote)), c.ip);
+                        match s.deliver(&env, &tlsp, msg, out) {
+                            Outcome::Done(r) | Outcome::RetryClear(r) => Ok(r),
+                        }
+                    }
+                };
             }
             // the kernel guard says this address is us: stock's loop rule, applied now
             Err(ConnectError::Guard) => late.found(c),
@@ -79,6 +111,15 @@ fn deliver(
     }
     late.verdict(&eligible).map_err(|_| Report::PermAmbigmx)?;
     Err(Report::TempNoconn)
+}
+
+/// The size of the queued message on fd 0 for `SIZE=`, if fd 0 is a regular file.
+fn message_size() -> Option<u64> {
+    // SAFETY: fstat on fd 0 into a zeroed stat buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: st is valid for writes.
+    let r = unsafe { libc::fstat(0, &mut st) };
+    (r == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG).then_some(st.st_size as u64)
 }
 
 /// A bad or unreadable control/moreipme or control/notipme is a configuration problem that
@@ -99,7 +140,11 @@ fn candidates(host: &[u8], relay: Option<&Relay>, ipv6: bool) -> Result<Vec<Cand
     };
     let mut cands = match dns::literal(name) {
         // literals need no resolver, so no runtime is built for them
-        Some(ip) => vec![Candidate { ip, pref: 0 }],
+        Some(ip) => vec![Candidate {
+            ip,
+            pref: 0,
+            name: None,
+        }],
         None => {
             let h = Hickory::new().map_err(|e| match e {
                 ResolverInitError::Runtime(_) => Report::TempOserr,

@@ -12,11 +12,15 @@
 
 use std::io::{self, Read};
 use std::net::IpAddr;
+use std::path::Path;
 
 use super::blast::Encoder;
-use super::connect::Conn;
+use super::connect::{self, Conn};
 use super::ehlo::Ehlo;
-use super::report::{Output, RcptReport, Report};
+use super::report::{Output, RcptReport, Report, tls as text};
+use super::routes::Auth;
+use super::sasl::{self, Mechanism};
+use super::tls::{self, Policy, SetupError, TlsConn, VerifyError};
 
 /// At most this many bytes of a reply are kept for the report (stock HUGESMTPTEXT).
 const HUGESMTPTEXT: usize = 5000;
@@ -34,11 +38,47 @@ pub struct Envelope<'a> {
     pub sender: &'a [u8],
     /// Mangled recipients, in argv order.
     pub recips: &'a [Vec<u8>],
+    /// The message size for `SIZE=` (fd 0 is a regular file), docs/qmail-remote-tls.md §6.
+    pub size: Option<u64>,
+    /// SMTP AUTH credentials of the route (docs/qmail-remote-tls.md §5).
+    pub auth: &'a Auth,
+    /// control/authcleartext exists: PLAIN/LOGIN may go out without TLS.
+    pub auth_cleartext: bool,
+}
+
+/// How TLS applies to this session (docs/qmail-remote-tls.md §1).
+pub struct TlsParams<'a> {
+    /// The qmail home (control files), "" after the chdir.
+    pub base: &'a Path,
+    /// The host name the address came from; `None` for IP literals.
+    pub name: Option<&'a [u8]>,
+    /// Port 465: TLS right after connect.
+    pub smtps: bool,
+    /// False on the plaintext retry after a failed opportunistic handshake.
+    pub allowed: bool,
+}
+
+/// How a session ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The message report.
+    Done(Report),
+    /// An opportunistic handshake failed (the report says so): connect again without TLS, as
+    /// Postfix and Exim do (docs/qmail-remote-tls.md §1.2 step 5e).
+    RetryClear(Report),
+}
+
+/// The connection: plaintext, or TLS after STARTTLS/SMTPS.
+enum Stream {
+    Plain(Conn),
+    Tls(Box<TlsConn>),
+    /// Taken for the handshake, which failed.
+    Gone,
 }
 
 /// One SMTP session on a connected socket.
 pub struct Session {
-    conn: Conn,
+    stream: Stream,
     ip: IpAddr,
     /// Text of the last reply, CRs removed, at most HUGESMTPTEXT bytes (stock smtptext).
     text: Vec<u8>,
@@ -52,7 +92,7 @@ impl Session {
     /// A session with the peer `ip` on `conn`.
     pub fn new(conn: Conn, ip: IpAddr) -> Self {
         Session {
-            conn,
+            stream: Stream::Plain(conn),
             ip,
             text: Vec::new(),
             critical: false,
@@ -60,22 +100,39 @@ impl Session {
         }
     }
 
-    fn dropped(&self) -> Report {
+    /// Whether the session is encrypted.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream, Stream::Tls(_))
+    }
+
+    /// stock dropped(); on a TLS session the reason follows, as the TLS patch prints it (T13).
+    fn dropped(&self, e: &io::Error) -> Report {
+        let err = match (&self.stream, e.kind()) {
+            (Stream::Tls(_), io::ErrorKind::UnexpectedEof)
+            | (Stream::Plain(_) | Stream::Gone, _) => None,
+            (Stream::Tls(_), _) => Some(connect::error_str(e)),
+        };
         Report::Dropped {
             ip: self.ip,
             critical: self.critical,
+            err,
         }
     }
 
     fn get(&mut self) -> Result<u8, Report> {
-        match self.conn.byte() {
+        let r = match &mut self.stream {
+            Stream::Plain(c) => c.byte(),
+            Stream::Tls(t) => t.byte(),
+            Stream::Gone => Err(io::ErrorKind::NotConnected.into()),
+        };
+        match r {
             Ok(b) => {
                 if b != b'\r' && self.text.len() < HUGESMTPTEXT {
                     self.text.push(b);
                 }
                 Ok(b)
             }
-            Err(_) => Err(self.dropped()),
+            Err(e) => Err(self.dropped(&e)),
         }
     }
 
@@ -108,7 +165,12 @@ impl Session {
     }
 
     fn send(&mut self, data: &[u8]) -> Result<(), Report> {
-        self.conn.write_all(data).map_err(|_| self.dropped())
+        let r = match &mut self.stream {
+            Stream::Plain(c) => c.write_all(data),
+            Stream::Tls(t) => t.write_all(data),
+            Stream::Gone => Err(io::ErrorKind::NotConnected.into()),
+        };
+        r.map_err(|e| self.dropped(&e))
     }
 
     fn command(&mut self, verb: &[u8], arg: &[u8], close: &[u8]) -> Result<u64, Report> {
@@ -126,18 +188,22 @@ impl Session {
         std::mem::take(&mut self.text)
     }
 
-    /// `EHLO`; a reply other than 250 falls back to `HELO`, which must get 250 (the TLS
-    /// patch's order, docs/qmail-remote-tls.md §1.2 steps 2, 7). `Some` with the parsed
-    /// extensions after EHLO, `Some` without any after HELO, `None` if HELO was rejected (the
-    /// reply text is then in `self.text`).
-    fn hello(&mut self, name: &[u8]) -> Result<Option<Ehlo>, Report> {
-        if self.command(b"EHLO ", name, b"")? == 250 {
-            return Ok(Some(Ehlo::parse(&self.text)));
+    /// `EHLO`: the parsed extensions if answered 250 (docs/qmail-remote-tls.md §1.2 steps 2-4).
+    fn ehlo_cmd(&mut self, name: &[u8]) -> Result<Option<Ehlo>, Report> {
+        Ok((self.command(b"EHLO ", name, b"")? == 250).then(|| Ehlo::parse(&self.text)))
+    }
+
+    /// Step 7: without a 250 to EHLO, `HELO`, which must get 250; `Err` is the report.
+    fn helo_fallback(&mut self, name: &[u8]) -> Result<(), Report> {
+        if self.ehlo.is_some() {
+            return Ok(());
         }
         if self.command(b"HELO ", name, b"")? == 250 {
-            return Ok(Some(Ehlo::default()));
+            self.ehlo = Some(Ehlo::default());
+            return Ok(());
         }
-        Ok(None)
+        let (ip, said) = (self.ip, self.said());
+        Err(self.quit(Report::HeloRejected { ip, said }))
     }
 
     /// The server's extensions from the last successful EHLO (empty after a HELO fallback).
@@ -145,44 +211,262 @@ impl Session {
         self.ehlo.as_ref()
     }
 
-    /// stock quit(): QUIT is written before the report, its reply never read.
+    /// stock quit(): QUIT is written before the report, its reply never read; over TLS a
+    /// close_notify follows. After a failed handshake there is nothing to write to.
     fn quit(&mut self, r: Report) -> Report {
-        self.conn.send_and_forget(b"QUIT\r\n");
+        match &mut self.stream {
+            Stream::Plain(c) => c.send_and_forget(b"QUIT\r\n"),
+            Stream::Tls(t) => t.quit(),
+            Stream::Gone => {}
+        }
         r
     }
 
     /// Runs the whole transaction; recipient reports go to `out`, the message report is
     /// returned. The socket is closed when the session is dropped.
-    pub fn deliver(mut self, env: &Envelope<'_>, msg: &mut dyn Read, out: &mut Output) -> Report {
-        match self.dialogue(env, msg, out) {
-            Ok(r) | Err(r) => r,
+    pub fn deliver(
+        mut self,
+        env: &Envelope<'_>,
+        tlsp: &TlsParams<'_>,
+        msg: &mut dyn Read,
+        out: &mut Output,
+    ) -> Outcome {
+        match self.dialogue(env, tlsp, msg, out) {
+            Ok(o) => o,
+            Err(r) => Outcome::Done(r),
+        }
+    }
+
+    /// Takes the connection over with TLS; `Err` is the handshake failure's report (T6).
+    fn handshake(&mut self, setup: &tls::Setup) -> Result<(), Report> {
+        let conn = match std::mem::replace(&mut self.stream, Stream::Gone) {
+            Stream::Plain(c) => c,
+            other => {
+                self.stream = other;
+                return Ok(());
+            }
+        };
+        match TlsConn::handshake(conn, setup, self.ip) {
+            Ok(t) => {
+                self.stream = Stream::Tls(Box::new(t));
+                Ok(())
+            }
+            Err(e) => Err(text::connect_failed(&e.to_string(), &self.ip)),
+        }
+    }
+
+    /// The TLS patch's post-handshake checks (docs/qmail-remote-tls.md §3.3); QUIT over TLS and
+    /// the report on failure.
+    fn check_peer(&mut self, setup: &tls::Setup, policy: &Policy) -> Result<(), Report> {
+        let Policy::Required { file, name } = policy else {
+            return Ok(());
+        };
+        let certs = match &self.stream {
+            Stream::Tls(t) => t.peer_certificates(),
+            _ => None,
+        };
+        let ip = self.ip;
+        let r = match tls::verify(setup, certs, name, pki_types::UnixTime::now()) {
+            Ok(()) => return Ok(()),
+            Err(VerifyError::Chain(why)) => text::verify_chain(file, &why, &ip),
+            Err(VerifyError::NoCertificate) => {
+                text::verify_name(name, b"no certificate provided", &ip)
+            }
+            Err(VerifyError::NoCommonName) => {
+                text::verify_name(name, b"certificate contains no valid commonName", &ip)
+            }
+            Err(VerifyError::WrongCommonName(cn)) => {
+                let mut w = b"received certificate for ".to_vec();
+                w.extend(
+                    cn.iter()
+                        .map(|&b| if (33..=126).contains(&b) { b } else { b'?' }),
+                );
+                text::verify_name(name, &w, &ip)
+            }
+            Err(VerifyError::NoMatchingDnsName) => {
+                text::verify_name(name, b"certificate contains no matching dNSNnames", &ip)
+            }
+        };
+        Err(self.quit(r))
+    }
+
+    /// Step 5c: the client configuration, or the report (QUIT first: still plaintext).
+    fn tls_setup(&mut self, tlsp: &TlsParams<'_>, policy: &Policy) -> Result<tls::Setup, Report> {
+        let ip = self.ip;
+        tls::setup(tlsp.base, policy).map_err(|e| {
+            let r = match e {
+                SetupError::Ciphers(err) => text::init_ctx(&err, &ip),
+                SetupError::CaFile(err) => match policy {
+                    Policy::Required { file, .. } => text::load(file, &err, &ip),
+                    _ => text::init_ctx(&err, &ip),
+                },
+                SetupError::Unreadable(_) => Report::TempControl,
+            };
+            if tlsp.smtps { r } else { self.quit(r) }
+        })
+    }
+
+    /// Greeting, EHLO, STARTTLS or SMTPS, EHLO again, HELO fallback (docs/qmail-remote-tls.md
+    /// §1.2, §1.3). `Ok(None)`: go on with MAIL; `Ok(Some(_))`: the session's outcome.
+    fn open(
+        &mut self,
+        env: &Envelope<'_>,
+        tlsp: &TlsParams<'_>,
+    ) -> Result<Option<Outcome>, Report> {
+        let ip = self.ip;
+        let policy = if tlsp.allowed {
+            tls::policy(tlsp.base, tlsp.name).map_err(|_| Report::TempControl)?
+        } else {
+            Policy::Off
+        };
+        if tlsp.smtps {
+            // TLS is the transport on 465: notlshosts/exhaustivelist do not switch it off
+            let policy = match policy {
+                Policy::Off => Policy::Opportunistic,
+                p => p,
+            };
+            let setup = self.tls_setup(tlsp, &policy)?;
+            self.handshake(&setup)?;
+            self.check_peer(&setup, &policy)?;
+            if self.code()? != 220 {
+                let said = self.said();
+                return Err(self.quit(text::greeting_failed(&ip, &said)));
+            }
+            self.ehlo = self.ehlo_cmd(env.helo)?;
+            self.helo_fallback(env.helo)?;
+            return Ok(None);
+        }
+        if self.code()? != 220 {
+            let said = self.said();
+            return Err(self.quit(Report::GreetingFailed { ip, said }));
+        }
+        self.ehlo = self.ehlo_cmd(env.helo)?;
+        if policy != Policy::Off {
+            let offered = self.ehlo.as_ref().is_some_and(|e| e.has(b"STARTTLS"));
+            if !offered {
+                if let Policy::Required { file, .. } = &policy {
+                    let r = text::no_tls(file, &ip);
+                    return Err(self.quit(r));
+                }
+            } else {
+                let setup = self.tls_setup(tlsp, &policy)?;
+                if self.command(b"STARTTLS", b"", b"")? != 220 {
+                    if let Policy::Required { file, .. } = &policy {
+                        let said = self.said();
+                        let r = text::starttls_rejected(file, &ip, said);
+                        return Err(self.quit(r));
+                    }
+                    // opportunistic: on in clear with the first EHLO's extensions
+                } else {
+                    if let Err(r) = self.handshake(&setup) {
+                        return match policy {
+                            Policy::Required { .. } => Err(r),
+                            _ => Ok(Some(Outcome::RetryClear(r))),
+                        };
+                    }
+                    self.check_peer(&setup, &policy)?;
+                    self.ehlo = self.ehlo_cmd(env.helo)?;
+                }
+            }
+        }
+        self.helo_fallback(env.helo)?;
+        Ok(None)
+    }
+
+    /// SMTP AUTH (docs/qmail-remote-tls.md §5.2): `Ok(true)` once authenticated, `Ok(false)`
+    /// if the server offers nothing we speak (then on without AUTH), `Err` is the report.
+    fn authenticate(&mut self, env: &Envelope<'_>) -> Result<bool, Report> {
+        let (user, password) = match env.auth {
+            Auth::None => return Ok(false),
+            Auth::Malformed => return Err(self.quit(Report::TempControl)),
+            Auth::Login { user, password } => (user, password),
+        };
+        let offered = self
+            .ehlo
+            .as_ref()
+            .map(Ehlo::auth_mechanisms)
+            .unwrap_or_default();
+        let Some(mech) = Mechanism::choose(&offered) else {
+            return Ok(false);
+        };
+        let ip = self.ip;
+        if mech.reveals_password() && !self.is_tls() && !env.auth_cleartext {
+            let r = text::connected_but(&ip, "refusing to authenticate without TLS", b"");
+            return Err(self.quit(r));
+        }
+        let fail = |s: &mut Self, what: &str| {
+            let said = s.said();
+            let r = text::connected_but(&ip, what, &said);
+            s.quit(r)
+        };
+        let code = self.command(b"AUTH ", mech.name().as_bytes(), b"")?;
+        if code != 334 {
+            let what = format!("authentication was rejected (AUTH {}).", mech.name());
+            return Err(fail(self, &what));
+        }
+        let (last, what) = match mech {
+            Mechanism::Plain => (
+                sasl::plain(user, password),
+                "authentication was rejected (plain).",
+            ),
+            Mechanism::Login => {
+                if self.command(&sasl::b64encode(user), b"", b"")? != 334 {
+                    return Err(fail(self, "authentication was rejected (username)."));
+                }
+                (
+                    sasl::b64encode(password),
+                    "authentication was rejected (password).",
+                )
+            }
+            Mechanism::CramMd5 => {
+                let line = self.text.split(|&b| b == b'\n').next().unwrap_or_default();
+                let Some(challenge) = line.get(4..).and_then(sasl::b64decode) else {
+                    return Err(fail(self, "unable to base64decode challenge."));
+                };
+                (
+                    sasl::cram_md5(user, password, &challenge),
+                    "authentication was rejected (username+digest).",
+                )
+            }
+        };
+        match self.command(&last, b"", b"")? {
+            235 => Ok(true),
+            432 => Err(fail(self, "password expired.")),
+            _ => Err(fail(self, what)),
         }
     }
 
     fn dialogue(
         &mut self,
         env: &Envelope<'_>,
+        tlsp: &TlsParams<'_>,
         msg: &mut dyn Read,
         out: &mut Output,
-    ) -> Result<Report, Report> {
+    ) -> Result<Outcome, Report> {
         let ip = self.ip;
-        if self.code()? != 220 {
-            let said = self.said();
-            return Ok(self.quit(Report::GreetingFailed { ip, said }));
+        if let Some(o) = self.open(env, tlsp)? {
+            return Ok(o);
         }
-        self.ehlo = self.hello(env.helo)?;
-        if self.ehlo.is_none() {
-            let said = self.said();
-            return Ok(self.quit(Report::HeloRejected { ip, said }));
+        let authenticated = self.authenticate(env)?;
+        let mut params = Vec::new();
+        if let Some(n) = env.size
+            && self.ehlo.as_ref().is_some_and(|e| e.has(b"SIZE"))
+        {
+            params.extend_from_slice(format!(" SIZE={n}").as_bytes());
         }
-        let code = self.command(b"MAIL FROM:<", env.sender, b">")?;
+        if authenticated {
+            params.extend_from_slice(b" AUTH=<>");
+        }
+        let mut close = b">".to_vec();
+        close.extend_from_slice(&params);
+        let code = self.command(b"MAIL FROM:<", env.sender, &close)?;
         if code >= 400 {
             let said = self.said();
-            return Ok(self.quit(Report::SenderRejected {
+            return Ok(Outcome::Done(self.quit(Report::SenderRejected {
                 ip,
                 perm: code >= 500,
                 said,
-            }));
+            })));
         }
         let mut bother = false;
         for r in env.recips {
@@ -204,22 +488,22 @@ impl Session {
         }
         if !bother {
             let said = self.said();
-            return Ok(self.quit(Report::GivingUp { ip, said }));
+            return Ok(Outcome::Done(self.quit(Report::GivingUp { ip, said })));
         }
         let code = self.command(b"DATA", b"", b"")?;
         if code >= 400 {
             let said = self.said();
-            return Ok(self.quit(Report::DataFailed {
+            return Ok(Outcome::Done(self.quit(Report::DataFailed {
                 ip,
                 perm: code >= 500,
                 said,
-            }));
+            })));
         }
         self.blast(msg)?;
         let code = self.code()?;
         self.critical = false;
         let said = self.said();
-        Ok(self.quit(match code {
+        Ok(Outcome::Done(self.quit(match code {
             200..=299 => Report::Accepted { ip, said },
             c if c >= 500 => Report::AfterDotFailed {
                 ip,
@@ -231,7 +515,7 @@ impl Session {
                 perm: false,
                 said,
             },
-        }))
+        })))
     }
 
     /// Sends the body and the final dot. Read errors and partial final lines end the session
@@ -260,8 +544,14 @@ impl Session {
         // hung up meanwhile, and the flag is raised once the kernel has taken it.
         let body = wire.len() - DOT.len();
         self.send(&wire[..body])?;
-        if self.conn.peer_gone() {
-            return Err(self.dropped());
+        let gone = match &self.stream {
+            Stream::Plain(c) => c.peer_gone(),
+            Stream::Tls(t) => t.peer_gone(),
+            Stream::Gone => true,
+        };
+        if gone {
+            let e = io::Error::from(io::ErrorKind::UnexpectedEof);
+            return Err(self.dropped(&e));
         }
         self.send(DOT)?;
         self.critical = true;
@@ -320,10 +610,21 @@ mod tests {
             helo: b"me.test",
             sender: b"s@x.test",
             recips: &recips,
+            size: None,
+            auth: &Auth::None,
+            auth_cleartext: false,
+        };
+        let tlsp = TlsParams {
+            base: Path::new("/nonexistent"),
+            name: None,
+            smtps: false,
+            allowed: false,
         };
         let mut out = Output::new();
         let mut m: &[u8] = msg;
-        let rep = s.deliver(&env, &mut m, &mut out);
+        let Outcome::Done(rep) = s.deliver(&env, &tlsp, &mut m, &mut out) else {
+            panic!("no TLS here")
+        };
         out.finish(&rep);
         (out.bytes().to_vec(), peer.join().unwrap())
     }
