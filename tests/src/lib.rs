@@ -22,6 +22,7 @@ pub mod mta;
 pub mod mx_scene;
 pub mod netns;
 pub mod nsenter;
+pub mod pki;
 pub mod preflight;
 pub mod probe;
 pub mod qmail_remote;

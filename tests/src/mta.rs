@@ -104,10 +104,84 @@ fn enter_with_binds(cmd: &mut Command, netns: &Path, binds: &[(&Path, &Path)]) {
     }
 }
 
+/// Optional server features for [`Exim::start_with`].
+#[derive(Clone, Debug, Default)]
+pub struct EximOptions {
+    /// STARTTLS with this certificate chain and key (PEM files, readable by everyone).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Also listen on this port with TLS from the first byte (SMTPS); needs `tls`.
+    pub smtps_port: Option<u16>,
+    /// SASL mechanisms to offer (`PLAIN`, `LOGIN`), accepting `user` / `password` below.
+    pub auth: Vec<&'static str>,
+    /// The one account the authenticators accept.
+    pub user: &'static str,
+    pub password: &'static str,
+    /// `message_size_limit` (Exim's default, 50M, is announced as SIZE 52428800).
+    pub size_limit: Option<&'static str>,
+}
+
+fn main_options(o: &EximOptions, addr: &str, port: u16) -> String {
+    let mut ports = vec![port];
+    ports.extend(o.smtps_port);
+    let ifaces: Vec<String> = ports.iter().map(|p| format!("{addr}.{p}")).collect();
+    let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+    let mut m = format!(
+        "local_interfaces = <; {}\ndaemon_smtp_ports = {}\n",
+        ifaces.join(" ; "),
+        list.join(" : ")
+    );
+    match &o.tls {
+        Some((cert, key)) => m.push_str(&format!(
+            "tls_advertise_hosts = *\ntls_certificate = {}\ntls_privatekey = {}\n\
+             log_selector = +tls_sni +tls_peerdn\n",
+            cert.display(),
+            key.display()
+        )),
+        None => m.push_str("tls_advertise_hosts =\n"),
+    }
+    if let Some(p) = o.smtps_port {
+        m.push_str(&format!("tls_on_connect_ports = {p}\n"));
+    }
+    if let Some(l) = o.size_limit {
+        m.push_str(&format!("message_size_limit = {l}\n"));
+    }
+    m
+}
+
+fn authenticators(o: &EximOptions) -> String {
+    if o.auth.is_empty() {
+        return String::new();
+    }
+    let (u, p) = (o.user, o.password);
+    let mut a = String::from("begin authenticators\n");
+    for mech in &o.auth {
+        a.push_str(&match *mech {
+            "PLAIN" => format!(
+                "plain:\n  driver = plaintext\n  public_name = PLAIN\n  server_prompts = :\n  \
+                 server_condition = ${{if and {{{{eq{{$auth2}}{{{u}}}}}{{eq{{$auth3}}{{{p}}}}}}}}}\n  \
+                 server_set_id = $auth2\n"
+            ),
+            "LOGIN" => format!(
+                "login:\n  driver = plaintext\n  public_name = LOGIN\n  \
+                 server_prompts = Username:: : Password::\n  \
+                 server_condition = ${{if and {{{{eq{{$auth1}}{{{u}}}}}{{eq{{$auth2}}{{{p}}}}}}}}}\n  \
+                 server_set_id = $auth1\n"
+            ),
+            other => panic!("no Exim authenticator for {other}"),
+        });
+    }
+    a
+}
+
 impl Exim {
     /// Starts the private Exim listening on `addr`:`port` inside `ns`, accepting mail for any
     /// recipient and delivering it to a Maildir.
     pub fn start(ns: &Netns, addr: &str, port: u16) -> Exim {
+        Self::start_with(ns, addr, port, &EximOptions::default())
+    }
+
+    /// [`Exim::start`] with TLS, SMTPS, AUTH or a size limit.
+    pub fn start_with(ns: &Netns, addr: &str, port: u16, opts: &EximOptions) -> Exim {
         let prefix = exim_prefix::current().unwrap_or_else(|e| panic!("{e}"));
         let dir = std::env::temp_dir().join(format!("{}-exim", unique_name()));
         for d in ["spool", "log", "Maildir"] {
@@ -131,6 +205,8 @@ impl Exim {
         )
         .expect("write group");
         let d = dir.display();
+        let main = main_options(opts, addr, port);
+        let auth = authenticators(opts);
         // exim_path: the daemon re-executes itself (with this -C) for some deliveries; the
         // compiled-in /usr/sbin/exim4 may not exist or may be the host's MTA.
         let conf = format!(
@@ -142,13 +218,11 @@ impl Exim {
              exim_user = {EXIM_USER}\n\
              exim_group = {EXIM_USER}\n\
              never_users = root\n\
-             local_interfaces = <; {addr}.{port}\n\
-             daemon_smtp_ports = {port}\n\
+             {main}\
              acl_smtp_rcpt = acl_rcpt\n\
              host_lookup =\n\
              rfc1413_hosts =\n\
              keep_environment =\n\
-             tls_advertise_hosts =\n\
              received_header_text = Received: by exim test\n\
              begin acl\n\
              acl_rcpt:\n  accept\n\
@@ -157,7 +231,8 @@ impl Exim {
              begin transports\n\
              maildir:\n  driver = appendfile\n  directory = {d}/Maildir\n  maildir_format\n  \
              create_directory\n  user = {EXIM_USER}\n  group = {EXIM_USER}\n  mode = 0644\n  \
-             delivery_date_add = false\n  envelope_to_add = false\n  return_path_add = false\n",
+             delivery_date_add = false\n  envelope_to_add = false\n  return_path_add = false\n\
+             {auth}",
             exim = exim.display(),
         );
         let conf_path = dir.join("exim.conf");
@@ -203,11 +278,13 @@ impl Exim {
         );
     }
 
-    fn mainlog(&self) -> String {
+    /// Exim's main log so far.
+    pub fn mainlog(&self) -> String {
         fs::read_to_string(self.dir.join("log/mainlog")).unwrap_or_default()
     }
 
-    fn wait_log(&self, what: &str, max: Duration) {
+    /// Waits until the main log contains `what`; panics with the log after `max`.
+    pub fn wait_log(&self, what: &str, max: Duration) {
         let deadline = Instant::now() + max;
         while !self.mainlog().contains(what) {
             assert!(

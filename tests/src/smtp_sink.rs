@@ -73,7 +73,12 @@ impl Reply {
 #[derive(Clone, Debug)]
 pub struct Script {
     pub greeting: Reply,
+    /// The reply to HELO, and to EHLO unless `ehlo` is set.
     pub helo: Reply,
+    /// The reply to EHLO (its extensions), if different from HELO's.
+    pub ehlo: Option<Reply>,
+    /// The reply to STARTTLS (the sink never speaks TLS).
+    pub starttls: Reply,
     pub mail: Reply,
     /// One per RCPT; the last one repeats.
     pub rcpt: Vec<Reply>,
@@ -86,6 +91,8 @@ impl Default for Script {
         Script {
             greeting: Reply::line("220 sink.test ESMTP"),
             helo: Reply::line("250 sink.test"),
+            ehlo: None,
+            starttls: Reply::line("500 unrecognized"),
             mail: Reply::line("250 ok"),
             rcpt: vec![Reply::line("250 ok")],
             data: Reply::line("354 go ahead"),
@@ -339,7 +346,9 @@ fn serve(mut conn: TcpStream, peer: SocketAddr, script: &Script, stop: &AtomicBo
     while let Some(line) = read_line(&mut conn, &mut pending, &mut s, stop) {
         let verb: Vec<u8> = line.iter().take(4).map(u8::to_ascii_uppercase).collect();
         match verb.as_slice() {
-            b"HELO" | b"EHLO" => reply!(&script.helo),
+            b"EHLO" => reply!(script.ehlo.as_ref().unwrap_or(&script.helo)),
+            b"HELO" => reply!(&script.helo),
+            b"STAR" => reply!(&script.starttls),
             b"MAIL" => reply!(&script.mail),
             b"RCPT" => {
                 let i = rcpt_n.min(script.rcpt.len().saturating_sub(1));
