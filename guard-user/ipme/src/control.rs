@@ -6,8 +6,9 @@
 //! character of an unterminated last line), every bad line is an error naming file, line and fix.
 
 use std::fs;
-use std::io;
+use std::io::{self, Read as _};
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
 use std::path::Path;
 
 use super::{ControlKind, Entry, IpNet, IpmeError, Ipv4Net, Ipv6Net, canonical_net};
@@ -31,6 +32,7 @@ pub fn parse_control(kind: ControlKind, text: &str) -> Result<Vec<Entry>, IpmeEr
         }
         let net = parse_entry(content)
             .and_then(|net| refuse_builtin_exception(kind, net))
+            .and_then(|net| refuse_too_wide(kind, net))
             .map_err(|reason| IpmeError::Parse {
                 file: kind.file(),
                 line,
@@ -44,18 +46,113 @@ pub fn parse_control(kind: ControlKind, text: &str) -> Result<Vec<Entry>, IpmeEr
     Ok(entries)
 }
 
+/// The largest control file read: far beyond any real moreipme (a million prefixes is about
+/// 16 MiB), small enough that a mistaken or hostile file cannot exhaust memory.
+pub const MAX_CONTROL_BYTES: u64 = 16 << 20;
+
 /// Read and parse `<qmail_home>/control/{moreipme,notipme}`. A missing file is empty (as in
 /// qmail); any other read error is reported, because silently ignoring e.g. an unreadable
 /// notipme would turn exceptions back into "me".
 pub fn read_control(qmail_home: &Path, kind: ControlKind) -> Result<Vec<Entry>, IpmeError> {
-    let path = qmail_home.join(kind.file());
-    match fs::read(&path) {
+    match read_bounded(qmail_home, kind)? {
         // Lossy: a non-UTF-8 byte then shows up as a bad line with its number, not as a
         // whole-file error.
-        Ok(bytes) => parse_control(kind, &String::from_utf8_lossy(&bytes)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(source) => Err(IpmeError::Read { path, source }),
+        Some(bytes) => parse_control(kind, &String::from_utf8_lossy(&bytes)),
+        None => Ok(Vec::new()),
     }
+}
+
+/// The bytes of a control file; None if it does not exist. Only a regular file (a symlink to
+/// one is fine: qmail installations symlink control files) of at most [`MAX_CONTROL_BYTES`] is
+/// read. It is opened with O_NONBLOCK, so a FIFO cannot block the open, and checked with
+/// fstat on the opened descriptor before any read, so a device or a FIFO is never read.
+fn read_bounded(qmail_home: &Path, kind: ControlKind) -> Result<Option<Vec<u8>>, IpmeError> {
+    let path = qmail_home.join(kind.file());
+    let unusable = |reason: String| IpmeError::Unusable {
+        file: kind.file(),
+        reason,
+    };
+    let file = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(IpmeError::Read { path, source }),
+    };
+    let meta = file.metadata().map_err(|source| IpmeError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let what = if ft.is_dir() {
+            "a directory"
+        } else if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_char_device() {
+            "a character device"
+        } else if ft.is_block_device() {
+            "a block device"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        return Err(unusable(format!(
+            "is {what}, not a regular file; nothing was changed: replace {} with a regular \
+             file (a symlink to one is fine)",
+            path.display()
+        )));
+    }
+    let too_big = |size: u64| {
+        unusable(format!(
+            "is {size} bytes, more than the limit of {MAX_CONTROL_BYTES} (16 MiB); nothing was \
+             changed: shorten {}",
+            path.display()
+        ))
+    };
+    if meta.len() > MAX_CONTROL_BYTES {
+        return Err(too_big(meta.len()));
+    }
+    // The file may grow between fstat and read: never read more than the limit allows.
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(MAX_CONTROL_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| IpmeError::Read {
+            path: path.clone(),
+            source,
+        })?;
+    if bytes.len() as u64 > MAX_CONTROL_BYTES {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(Some(bytes))
+}
+
+/// Shorter prefixes than these in moreipme or notipme are refused.
+const WIDEST_V4: u8 = 8;
+const WIDEST_V6: u8 = 16;
+
+/// A moreipme `0.0.0.0/0` would bounce every delivery permanently, a notipme `::/0` would
+/// switch the guard off for IPv6: prefixes wider than /8 (IPv4) or /16 (IPv6) are mistakes.
+fn refuse_too_wide(kind: ControlKind, net: IpNet) -> Result<IpNet, String> {
+    let (len, floor) = match canonical_net(net) {
+        IpNet::V4(n) => (n.prefix_len(), WIDEST_V4),
+        IpNet::V6(n) => (n.prefix_len(), WIDEST_V6),
+    };
+    if len >= floor {
+        return Ok(net);
+    }
+    let what = match kind {
+        ControlKind::MoreIpme => "this host",
+        ControlKind::NotIpme => "not this host",
+    };
+    Err(format!(
+        "{net} would treat a large part of the internet as {what}: prefixes shorter than /{floor} \
+         are refused; list the networks you mean (at most /{WIDEST_V4} for IPv4, \
+         /{WIDEST_V6} for IPv6)"
+    ))
 }
 
 /// A notipme entry inside 0.0.0.0/8, 127.0.0.0/8, :: or ::1 would let qmail connect to
@@ -226,8 +323,7 @@ mod tests {
             nets("198.51.100.128/255.255.255.128"),
             [net("198.51.100.128/25")]
         );
-        assert_eq!(nets("0.0.0.0/0.0.0.0"), [net("0.0.0.0/0")]);
-        assert_eq!(nets("0.0.0.0/0"), [net("0.0.0.0/0")]);
+        assert_eq!(nets("10.0.0.0/255.0.0.0"), [net("10.0.0.0/8")]);
         assert_eq!(nets("1.2.3.4/32"), [net("1.2.3.4/32")]);
         assert_eq!(nets("1.2.3.4/255.255.255.255"), [net("1.2.3.4/32")]);
         // Leading zeros in the prefix length are harmless decimal.
@@ -239,7 +335,7 @@ mod tests {
         assert_eq!(nets("2001:db8::1"), [net("2001:db8::1/128")]);
         assert_eq!(nets("2001:db8::/48"), [net("2001:db8::/48")]);
         assert_eq!(nets("2001:DB8:0:0::/64"), [net("2001:db8::/64")]);
-        assert_eq!(nets("::/0"), [net("::/0")]);
+        assert_eq!(nets("2001::/16"), [net("2001::/16")]);
         assert_eq!(nets("::1"), [net("::1/128")]);
         assert_eq!(nets("fe80::1"), [net("fe80::1/128")]);
         // v4-mapped entries are stored as IPv4, where such addresses are looked up.
@@ -464,12 +560,16 @@ mod tests {
         let e = read_control(&dir, ControlKind::MoreIpme).unwrap_err();
         assert!(e.to_string().starts_with("control/moreipme:2: "), "{e}");
 
-        // A directory in place of the file is a read error naming the path.
+        // A directory in place of the file: one line naming the file, nothing read.
         fs::create_dir(dir.join("control/notipme")).unwrap();
         let e = read_control(&dir, ControlKind::NotIpme).unwrap_err();
-        assert!(matches!(e, IpmeError::Read { .. }), "{e:?}");
-        assert!(e.to_string().contains("control/notipme"), "{e}");
-        assert!(!e.is_parse());
+        assert!(matches!(e, IpmeError::Unusable { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with("control/notipme: is a directory, not a regular file"),
+            "{e}"
+        );
+        assert!(e.is_parse());
 
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -491,6 +591,72 @@ mod tests {
         }
         // The same lines are fine in moreipme, and a wider notipme is not an exception *inside*.
         assert!(parse_control(ControlKind::MoreIpme, "127.0.0.2\n::1\n").is_ok());
-        assert!(parse_control(ControlKind::NotIpme, "0.0.0.0/0\n128.0.0.0/8\n").is_ok());
+        assert!(parse_control(ControlKind::NotIpme, "128.0.0.0/8\n").is_ok());
+    }
+
+    #[test]
+    fn too_wide_prefixes_are_refused() {
+        for bad in [
+            "0.0.0.0/0",
+            "::/0",
+            "10.0.0.0/7",
+            "0.0.0.0/0.0.0.0",
+            "2000::/15",
+        ] {
+            let e = err(bad);
+            assert!(
+                e.contains("would treat a large part of the internet as this host"),
+                "{bad}: {e}"
+            );
+        }
+        // A v4-mapped prefix is judged as the IPv4 prefix it stands for.
+        assert!(err("::ffff:0:0/96").contains("large part of the internet"));
+        let e = parse_control(ControlKind::NotIpme, "::/0\n").unwrap_err();
+        assert!(e.to_string().contains("as not this host"), "{e}");
+        assert_eq!(nets("10.0.0.0/8\n2001::/16\n").len(), 2);
+    }
+
+    /// Real files: a FIFO, a device, a symlink to a device and an oversized file are refused
+    /// with one line each, without blocking or reading; a symlink to a regular file is read.
+    #[test]
+    fn unusable_control_files() {
+        use std::os::unix::fs::symlink;
+        let dir = std::env::temp_dir().join(format!("ipme-unusable-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("control")).unwrap();
+        let file = dir.join("control/moreipme");
+        let first_line = || {
+            let t = std::time::Instant::now();
+            let e = read_control(&dir, ControlKind::MoreIpme).unwrap_err();
+            assert!(t.elapsed() < std::time::Duration::from_secs(2));
+            let text = e.to_string();
+            assert!(text.starts_with("control/moreipme: "), "{text}");
+            assert!(!text.contains('\n'), "{text}");
+            assert!(e.is_parse());
+            text
+        };
+
+        let c = std::ffi::CString::new(file.to_str().unwrap()).unwrap();
+        // SAFETY: valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(first_line().contains("is a FIFO"));
+        fs::remove_file(&file).unwrap();
+
+        symlink("/dev/zero", &file).unwrap();
+        assert!(first_line().contains("is a character device"));
+        fs::remove_file(&file).unwrap();
+
+        let big = dir.join("big");
+        let f = fs::File::create(&big).unwrap();
+        f.set_len(17 << 20).unwrap();
+        symlink(&big, &file).unwrap();
+        assert!(first_line().contains("more than the limit of 16777216"));
+        fs::remove_file(&file).unwrap();
+
+        fs::write(&big, "198.51.100.1\n").unwrap();
+        symlink(&big, &file).unwrap();
+        assert_eq!(read_control(&dir, ControlKind::MoreIpme).unwrap().len(), 1);
+
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -20,7 +20,16 @@ pub enum IpmeError {
         /// What is wrong and what to write instead.
         reason: String,
     },
-    /// A control file exists but cannot be read (a directory, permissions, I/O).
+    /// A control file that is not something to read: a FIFO, a device, a directory, or larger
+    /// than [`crate::MAX_CONTROL_BYTES`]. `control/moreipme: reason`. Permanent until fixed.
+    #[error("{file}: {reason}")]
+    Unusable {
+        /// Label relative to the qmail home, e.g. `control/moreipme`.
+        file: &'static str,
+        /// What it is and what to do.
+        reason: String,
+    },
+    /// A control file exists but cannot be read (permissions, I/O).
     #[error("cannot read {}", path.display())]
     Read { path: PathBuf, source: io::Error },
     /// getifaddrs failed.
@@ -47,10 +56,10 @@ impl std::fmt::Display for Chain<'_> {
 }
 
 impl IpmeError {
-    /// True for a bad control line (a configuration error that retrying will not fix);
-    /// false for read/system errors, which are temporary.
+    /// True for a bad control line or an unusable control file (a configuration error that
+    /// retrying will not fix); false for read/system errors, which are temporary.
     pub fn is_parse(&self) -> bool {
-        matches!(self, IpmeError::Parse { .. })
+        matches!(self, IpmeError::Parse { .. } | IpmeError::Unusable { .. })
     }
 }
 

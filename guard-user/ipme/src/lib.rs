@@ -22,12 +22,12 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
 
-pub use control::{parse_control, read_control};
+pub use control::{MAX_CONTROL_BYTES, parse_control, read_control};
 pub use error::{Chain, IpmeError};
 pub use home::{DEFAULT_HOME, qmail_home};
 pub use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 pub use set::IpmeSet;
-pub use sources::{interfaces, is_local_table_route, local_routes};
+pub use sources::{LocalRoute, interfaces, is_local_route, local_routes, table_name};
 
 /// Where an ipme entry comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,8 +36,8 @@ pub enum Source {
     Builtin,
     /// An address held by an interface (any state, secondaries included).
     Interface { name: String },
-    /// An `RTN_LOCAL` route of the kernel's local table.
-    LocalRoute { dev: String },
+    /// An `RTN_LOCAL` route of any routing table (local, main or a custom one).
+    LocalRoute { dev: String, table: u32 },
     /// A `control/moreipme` line (1-based).
     MoreIpme { line: usize },
     /// A `control/notipme` line (1-based): an exception, *not* me.
@@ -81,8 +81,10 @@ impl Source {
         self.precedence()
             .cmp(&other.precedence())
             .then_with(|| match (self, other) {
-                (Interface { name: a }, Interface { name: b })
-                | (LocalRoute { dev: a }, LocalRoute { dev: b }) => a.cmp(b),
+                (Interface { name: a }, Interface { name: b }) => a.cmp(b),
+                (LocalRoute { dev: a, table: ta }, LocalRoute { dev: b, table: tb }) => {
+                    ta.cmp(tb).then_with(|| a.cmp(b))
+                }
                 (MoreIpme { line: a }, MoreIpme { line: b })
                 | (NotIpme { line: a }, NotIpme { line: b }) => a.cmp(b),
                 _ => std::cmp::Ordering::Equal,
@@ -95,7 +97,9 @@ impl fmt::Display for Source {
         match self {
             Source::Builtin => f.write_str("builtin"),
             Source::Interface { name } => write!(f, "interface {name}"),
-            Source::LocalRoute { dev } => write!(f, "local route dev {dev}"),
+            Source::LocalRoute { dev, table } => {
+                write!(f, "local route table {} dev {dev}", table_name(*table))
+            }
             Source::MoreIpme { line } => write!(f, "{}:{line}", ControlKind::MoreIpme.file()),
             Source::NotIpme { line } => write!(f, "{}:{line}", ControlKind::NotIpme.file()),
         }
@@ -122,8 +126,8 @@ impl Entry {
 pub struct Inputs {
     /// (interface name, address).
     pub interfaces: Vec<(String, IpAddr)>,
-    /// (local prefix, device name).
-    pub local_routes: Vec<(IpNet, String)>,
+    /// The local routes of every routing table.
+    pub local_routes: Vec<LocalRoute>,
     pub moreipme: Vec<Entry>,
     pub notipme: Vec<Entry>,
 }
@@ -188,8 +192,16 @@ mod tests {
             name: "eth0".into(),
         };
         assert_eq!(i.to_string(), "interface eth0");
-        let r = Source::LocalRoute { dev: "lo".into() };
-        assert_eq!(r.to_string(), "local route dev lo");
+        let r = Source::LocalRoute {
+            dev: "lo".into(),
+            table: 254,
+        };
+        assert_eq!(r.to_string(), "local route table main dev lo");
+        let r = Source::LocalRoute {
+            dev: "eth0".into(),
+            table: 100,
+        };
+        assert_eq!(r.to_string(), "local route table 100 dev eth0");
         assert_eq!(
             Source::MoreIpme { line: 3 }.to_string(),
             "control/moreipme:3"
@@ -200,7 +212,11 @@ mod tests {
     #[test]
     fn source_kinds() {
         assert_eq!(Source::Builtin.kind(), "builtin");
-        assert_eq!(Source::LocalRoute { dev: "x".into() }.kind(), "local-route");
+        let r = Source::LocalRoute {
+            dev: "x".into(),
+            table: 255,
+        };
+        assert_eq!(r.kind(), "local-route");
         assert!(!Source::NotIpme { line: 1 }.is_me());
         assert!(Source::MoreIpme { line: 1 }.is_me());
     }

@@ -52,10 +52,13 @@ impl IpmeSet {
                 source: Source::Interface { name: name.clone() },
             });
         }
-        for (net, dev) in &inputs.local_routes {
+        for r in &inputs.local_routes {
             all.push(Entry {
-                net: canonical_net(*net),
-                source: Source::LocalRoute { dev: dev.clone() },
+                net: canonical_net(r.net),
+                source: Source::LocalRoute {
+                    dev: r.dev.clone(),
+                    table: r.table,
+                },
             });
         }
         for e in inputs.moreipme.iter().chain(&inputs.notipme) {
@@ -184,7 +187,19 @@ mod tests {
     }
 
     fn route(dev: &str) -> Source {
-        Source::LocalRoute { dev: dev.into() }
+        Source::LocalRoute {
+            dev: dev.into(),
+            table: 255,
+        }
+    }
+
+    /// A local route of the local table.
+    fn lr(n: &str, dev: &str) -> crate::LocalRoute {
+        crate::LocalRoute {
+            net: net(n),
+            dev: dev.into(),
+            table: 255,
+        }
     }
 
     fn source_of(set: &IpmeSet, s: &str) -> Option<Source> {
@@ -233,10 +248,10 @@ mod tests {
                 ("lo".into(), ip("127.0.0.1")),
             ],
             local_routes: vec![
-                (net("203.0.113.0/24"), "lo".into()),
-                (net("127.0.0.0/8"), "lo".into()),
-                (net("127.0.0.1/32"), "lo".into()),
-                (net("192.0.2.2/32"), "eth0".into()),
+                lr("203.0.113.0/24", "lo"),
+                lr("127.0.0.0/8", "lo"),
+                lr("127.0.0.1/32", "lo"),
+                lr("192.0.2.2/32", "eth0"),
             ],
             ..Default::default()
         };
@@ -266,10 +281,10 @@ mod tests {
                 ("eth0".into(), ip("192.0.2.2")),
             ],
             local_routes: vec![
-                (net("127.0.0.0/8"), "lo".into()),
-                (net("127.0.0.1/32"), "lo".into()),
-                (net("192.0.2.2/32"), "eth0".into()),
-                (net("203.0.113.0/24"), "lo".into()),
+                lr("127.0.0.0/8", "lo"),
+                lr("127.0.0.1/32", "lo"),
+                lr("192.0.2.2/32", "eth0"),
+                lr("203.0.113.0/24", "lo"),
             ],
             moreipme: vec![
                 more(1, "127.0.0.0/8"),
@@ -303,7 +318,7 @@ mod tests {
     fn notipme_wins_on_same_prefix() {
         let inputs = Inputs {
             interfaces: vec![("eth0".into(), ip("192.0.2.2"))],
-            local_routes: vec![(net("203.0.113.0/24"), "lo".into())],
+            local_routes: vec![lr("203.0.113.0/24", "lo")],
             moreipme: vec![more(1, "198.51.100.0/24")],
             notipme: vec![
                 not(1, "198.51.100.0/24"),
@@ -399,7 +414,7 @@ mod tests {
         // v4-mapped inputs land in the IPv4 table.
         let inputs = Inputs {
             interfaces: vec![("x".into(), ip("::ffff:192.0.2.9"))],
-            local_routes: vec![(net("::ffff:203.0.113.0/120"), "lo".into())],
+            local_routes: vec![lr("::ffff:203.0.113.0/120", "lo")],
             moreipme: vec![more(1, "::ffff:198.51.100.0/120")],
             ..Default::default()
         };
@@ -411,10 +426,7 @@ mod tests {
                 .map(|e| &e.source)
         };
         assert_eq!(find("192.0.2.9/32"), Some(&iface("x")));
-        assert_eq!(
-            find("203.0.113.0/24"),
-            Some(&Source::LocalRoute { dev: "lo".into() })
-        );
+        assert_eq!(find("203.0.113.0/24"), Some(&route("lo")));
         assert_eq!(find("198.51.100.0/24"), Some(&Source::MoreIpme { line: 1 }));
         // Only the built-ins are IPv6.
         assert_eq!(
@@ -430,7 +442,7 @@ mod tests {
     #[test]
     fn entries_sorted_and_host_bits_zero() {
         let inputs = Inputs {
-            local_routes: vec![(net("203.0.113.9/24"), "lo".into())], // host bits from a caller
+            local_routes: vec![lr("203.0.113.9/24", "lo")], // host bits from a caller
             moreipme: vec![
                 more(1, "2001:db8::/32"),
                 more(2, "10.0.0.0/8"),

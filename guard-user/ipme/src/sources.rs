@@ -1,5 +1,5 @@
 //! The kernel's view of local addresses: interface addresses (getifaddrs) and the `RTN_LOCAL`
-//! routes of the local routing table (a synchronous netlink dump, so callers need no runtime).
+//! routes of every routing table (a synchronous netlink dump, so callers need no runtime).
 
 use std::io;
 use std::net::IpAddr;
@@ -15,6 +15,33 @@ use super::{IpNet, IpmeError, Ipv4Net, Ipv6Net};
 
 /// The kernel's local table (`ip route show table local`).
 const RT_TABLE_LOCAL: u32 = 255;
+const RT_TABLE_MAIN: u32 = 254;
+const RT_TABLE_DEFAULT: u32 = 253;
+/// Outside the local table, a local route wider than this is not taken as "me" (see
+/// [`local_routes`]); the same floor as for control-file prefixes.
+const WIDEST_V4: u8 = 8;
+const WIDEST_V6: u8 = 16;
+
+/// An `RTN_LOCAL` route: the kernel delivers traffic to `net` to this host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalRoute {
+    /// Host bits are zero.
+    pub net: IpNet,
+    /// Device name (`if<N>` if it vanished meanwhile, `?` without one).
+    pub dev: String,
+    /// Routing table id (255 local, 254 main, 253 default, or a custom table).
+    pub table: u32,
+}
+
+/// `local`, `main`, `default` or the table's number, as `ip route` spells them.
+pub fn table_name(table: u32) -> String {
+    match table {
+        RT_TABLE_LOCAL => "local".to_string(),
+        RT_TABLE_MAIN => "main".to_string(),
+        RT_TABLE_DEFAULT => "default".to_string(),
+        n => n.to_string(),
+    }
+}
 /// A dump interrupted by a concurrent change is retried this many times.
 const DUMP_ATTEMPTS: usize = 5;
 /// Sequence number of our (only) request on the socket.
@@ -33,12 +60,16 @@ pub fn interfaces() -> Result<Vec<(String, IpAddr)>, IpmeError> {
         .collect())
 }
 
-/// The `RTN_LOCAL` routes of the local table, IPv4 and IPv6, with their device names.
+/// The `RTN_LOCAL` routes of every routing table, IPv4 and IPv6, with device and table.
 ///
-/// Only table 255 counts: it is the one the kernel consults for locality. A local route in
-/// another table is reached only through policy rules (TPROXY setups put `local 0.0.0.0/0` in
-/// such a table) and does not make the address local for ordinary traffic.
-pub fn local_routes() -> Result<Vec<(IpNet, String)>, IpmeError> {
+/// `ip route add local P dev lo table main` makes the kernel deliver P locally just like the
+/// local table does, and a custom table may be selected for qmail's traffic by a policy rule,
+/// so every table counts: an address the kernel may deliver here is "me" (fail closed).
+/// One exception keeps mail flowing: outside the local table, a local route wider than /8
+/// (IPv4) or /16 (IPv6) is left out. That is the TPROXY pattern (`local 0.0.0.0/0 dev lo table
+/// 100` behind an fwmark rule), which intercepts marked traffic only; taking it as "me" would
+/// bounce every delivery.
+pub fn local_routes() -> Result<Vec<LocalRoute>, IpmeError> {
     for _ in 0..DUMP_ATTEMPTS {
         if let Some(routes) = dump_local_routes().map_err(IpmeError::Netlink)? {
             return Ok(routes);
@@ -50,13 +81,13 @@ pub fn local_routes() -> Result<Vec<(IpNet, String)>, IpmeError> {
 }
 
 /// One dump of all routes; `None` if the kernel flagged it inconsistent (NLM_F_DUMP_INTR).
-fn dump_local_routes() -> io::Result<Option<Vec<(IpNet, String)>>> {
+fn dump_local_routes() -> io::Result<Option<Vec<LocalRoute>>> {
     let mut socket = Socket::new(NETLINK_ROUTE)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
-    // With strict checking (Linux >= 4.20) the kernel honours the table and type in the
-    // request and dumps only the local table, instead of every route (a full BGP table is a
-    // million); older kernels ignore the filter and `local_route` below still filters.
+    // With strict checking (Linux >= 4.20) the kernel honours the type in the request and
+    // dumps only local routes (of all tables: table 0), instead of every route (a full BGP
+    // table is a million); older kernels ignore the filter and `local_route` below filters.
     let _ = socket.set_netlink_get_strict_chk(true);
 
     let mut header = NetlinkHeader::default();
@@ -64,7 +95,6 @@ fn dump_local_routes() -> io::Result<Option<Vec<(IpNet, String)>>> {
     header.sequence_number = SEQ;
     // AF_UNSPEC: both families in one dump.
     let mut filter = RouteMessage::default();
-    filter.header.table = RT_TABLE_LOCAL as u8;
     filter.header.kind = RouteType::Local;
     let mut request = NetlinkMessage::new(
         header,
@@ -132,10 +162,10 @@ fn retry_eintr(mut f: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
     }
 }
 
-/// Whether a route (e.g. from a netlink notification) is an `RTN_LOCAL` route of the local
-/// table, i.e. one that changes the ipme set.
-pub fn is_local_table_route(route: &RouteMessage) -> bool {
-    route.header.kind == RouteType::Local && route_table(route) == RT_TABLE_LOCAL
+/// Whether a route (e.g. from a netlink notification) is an `RTN_LOCAL` route of any table,
+/// i.e. one that may change the ipme set.
+pub fn is_local_route(route: &RouteMessage) -> bool {
+    route.header.kind == RouteType::Local
 }
 
 /// Tables > 255 only appear in RTA_TABLE; the header byte is then RT_TABLE_COMPAT.
@@ -150,11 +180,12 @@ fn route_table(route: &RouteMessage) -> u32 {
         .unwrap_or(u32::from(route.header.table))
 }
 
-/// The prefix and device of a route if it is an `RTN_LOCAL` route of the local table.
-fn local_route(route: &RouteMessage) -> Option<(IpNet, String)> {
-    if !is_local_table_route(route) {
+/// The route if it is an `RTN_LOCAL` route that makes its prefix "me" (see [`local_routes`]).
+fn local_route(route: &RouteMessage) -> Option<LocalRoute> {
+    if !is_local_route(route) {
         return None;
     }
+    let table = route_table(route);
     let mut dst = None;
     let mut oif = None;
     for attr in &route.attributes {
@@ -177,8 +208,19 @@ fn local_route(route: &RouteMessage) -> Option<(IpNet, String)> {
         }
         _ => return None,
     };
+    let too_wide = match net {
+        IpNet::V4(n) => n.prefix_len() < WIDEST_V4,
+        IpNet::V6(n) => n.prefix_len() < WIDEST_V6,
+    };
+    if table != RT_TABLE_LOCAL && too_wide {
+        return None;
+    }
     let dev = oif.map_or_else(|| "?".to_string(), ifname);
-    Some((net.trunc(), dev))
+    Some(LocalRoute {
+        net: net.trunc(),
+        dev,
+        table,
+    })
 }
 
 /// Interface name of an index; `if<N>` if it vanished meanwhile.
@@ -218,7 +260,7 @@ mod tests {
     fn interfaces_include_link_local() {
         let ifs = interfaces().unwrap();
         let routes = local_routes().unwrap();
-        for (n, dev) in routes {
+        for LocalRoute { net: n, dev, .. } in routes {
             if let IpNet::V6(n) = n
                 && n.prefix_len() == 128
                 && (n.addr().segments()[0] & 0xffc0) == 0xfe80
@@ -237,16 +279,18 @@ mod tests {
         let routes = local_routes().unwrap();
         let lo8: IpNet = "127.0.0.0/8".parse().unwrap();
         assert!(
-            routes.iter().any(|(n, dev)| *n == lo8 && dev == "lo"),
+            routes
+                .iter()
+                .any(|r| r.net == lo8 && r.dev == "lo" && r.table == RT_TABLE_LOCAL),
             "{routes:?}"
         );
         // Each IPv4 interface address has a local route too.
         let host: IpNet = "127.0.0.1/32".parse().unwrap();
-        assert!(routes.iter().any(|(n, _)| *n == host), "{routes:?}");
+        assert!(routes.iter().any(|r| r.net == host), "{routes:?}");
         // Host bits are zero, and no broadcast/multicast routes slipped in.
-        for (n, _) in &routes {
-            assert_eq!(*n, n.trunc());
-            assert!(!n.addr().is_multicast(), "{n}");
+        for r in &routes {
+            assert_eq!(r.net, r.net.trunc());
+            assert!(!r.net.addr().is_multicast(), "{r:?}");
         }
     }
 
@@ -270,18 +314,34 @@ mod tests {
     fn local_route_filter() {
         let a: IpAddr = "203.0.113.0".parse().unwrap();
         let r = local_route(&route(RouteType::Local, 255, Some(a), 24)).unwrap();
-        assert_eq!(r.0, "203.0.113.0/24".parse::<IpNet>().unwrap());
+        assert_eq!(r.net, "203.0.113.0/24".parse::<IpNet>().unwrap());
+        assert_eq!(r.table, 255);
         assert!(local_route(&route(RouteType::Broadcast, 255, Some(a), 32)).is_none());
         assert!(local_route(&route(RouteType::Unicast, 255, Some(a), 24)).is_none());
-        // A TPROXY-style `local default` in table 100 is not local for ordinary traffic.
-        assert!(local_route(&route(RouteType::Local, 100, None, 0)).is_none());
+        // Local routes of the main table and of custom tables count too.
+        let r = local_route(&route(RouteType::Local, 254, Some(a), 25)).unwrap();
+        assert_eq!((r.table, table_name(r.table).as_str()), (254, "main"));
         let mut big = route(RouteType::Local, 252, Some(a), 24);
         big.attributes.push(RouteAttribute::Table(1000));
-        assert!(local_route(&big).is_none());
+        assert_eq!(local_route(&big).unwrap().table, 1000);
+        // A TPROXY-style `local default` in table 100 is not taken as "me"; in the local table
+        // it is (the kernel then really delivers everything here).
+        assert!(local_route(&route(RouteType::Local, 100, None, 0)).is_none());
+        assert!(local_route(&route(RouteType::Local, 254, Some(a), 7)).is_none());
         let r = local_route(&route(RouteType::Local, 255, None, 0)).unwrap();
-        assert_eq!(r.0, "0.0.0.0/0".parse::<IpNet>().unwrap());
+        assert_eq!(r.net, "0.0.0.0/0".parse::<IpNet>().unwrap());
         let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
         let r = local_route(&route(RouteType::Local, 255, Some(v6), 128)).unwrap();
-        assert_eq!(r.0, "::1/128".parse::<IpNet>().unwrap());
+        assert_eq!(r.net, "::1/128".parse::<IpNet>().unwrap());
+        let v6net: IpAddr = "2001:db8::".parse().unwrap();
+        assert!(local_route(&route(RouteType::Local, 100, Some(v6net), 15)).is_none());
+        assert!(local_route(&route(RouteType::Local, 100, Some(v6net), 16)).is_some());
+    }
+
+    #[test]
+    fn table_names() {
+        assert_eq!(table_name(255), "local");
+        assert_eq!(table_name(253), "default");
+        assert_eq!(table_name(100), "100");
     }
 }

@@ -80,7 +80,10 @@ mod tests {
         for s in [
             Source::Builtin,
             Source::Interface { name: "x".into() },
-            Source::LocalRoute { dev: "x".into() },
+            Source::LocalRoute {
+                dev: "x".into(),
+                table: 254,
+            },
             Source::MoreIpme { line: 1 },
             Source::NotIpme { line: 1 },
         ] {
@@ -95,7 +98,11 @@ mod tests {
                 ("lo".into(), ip("127.0.0.1")),
                 ("eth0".into(), ip("2001:db8::2")),
             ],
-            local_routes: vec![(net("203.0.113.0/24"), "lo".into())],
+            local_routes: vec![ipme::LocalRoute {
+                net: net("203.0.113.0/24"),
+                dev: "lo".into(),
+                table: 254,
+            }],
             moreipme: vec![more(1, "198.51.100.0/24"), more(2, "2001:db8:1::/48")],
             notipme: vec![not(1, "198.51.100.7/32")],
         };

@@ -127,7 +127,9 @@ fn message_size() -> Option<u64> {
 /// routes is stock's ipme_init failure: temp_oserr.
 pub fn ipme_failure(e: &IpmeError) -> Report {
     match e {
-        IpmeError::Parse { .. } | IpmeError::Read { .. } => Report::TempControl,
+        IpmeError::Parse { .. } | IpmeError::Unusable { .. } | IpmeError::Read { .. } => {
+            Report::TempControl
+        }
         _ => Report::TempOserr,
     }
 }

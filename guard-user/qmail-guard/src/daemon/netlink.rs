@@ -8,7 +8,7 @@ use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
 use tokio::io::unix::AsyncFd;
 
-use ipme::is_local_table_route;
+use ipme::is_local_route;
 
 /// Large enough that a burst (a script adding hundreds of addresses) rarely overflows; an
 /// overflow is not fatal anyway: it triggers a full recompute.
@@ -17,7 +17,7 @@ const RCVBUF: usize = 4 << 20;
 /// What a drain of the socket found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct NetlinkNews {
-    /// An address changed, or a route of the local table.
+    /// An address changed, or a local route (of any table).
     pub relevant: bool,
     /// The kernel dropped notifications (ENOBUFS): only a full recompute is safe.
     pub overflow: bool,
@@ -78,7 +78,7 @@ impl NetlinkWatch {
     }
 }
 
-/// Whether a datagram of notifications holds an address change or a local-table route change.
+/// Whether a datagram of notifications holds an address change or a local route change.
 /// Anything unparsable counts as relevant: a needless recompute costs far less than a missed one.
 pub fn classify(mut buf: &[u8]) -> bool {
     while !buf.is_empty() {
@@ -92,7 +92,7 @@ pub fn classify(mut buf: &[u8]) -> bool {
             ) => return true,
             NetlinkPayload::InnerMessage(
                 RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r),
-            ) if is_local_table_route(r) => return true,
+            ) if is_local_route(r) => return true,
             _ => {}
         }
         // Messages are 4-byte aligned; a zero length would loop forever.
@@ -140,6 +140,11 @@ mod tests {
         assert!(classify(&bytes(RouteNetlinkMessage::NewRoute(route(
             RouteType::Local,
             255
+        )))));
+        // A local route of the main table changes the set too.
+        assert!(classify(&bytes(RouteNetlinkMessage::NewRoute(route(
+            RouteType::Local,
+            254
         )))));
         // A unicast route of the main table is routing churn, not an ipme change.
         assert!(!classify(&bytes(RouteNetlinkMessage::NewRoute(route(
