@@ -1,9 +1,9 @@
 //! Attaching to and detaching from cgroups with pinned bpf_links.
-use std::{collections::BTreeSet, fs::File, path::PathBuf};
+use std::{borrow::Borrow, collections::BTreeSet, fs::File, path::PathBuf};
 
 use aya::programs::{CgroupAttachMode, links::FdLink, links::PinnedLink};
 
-use super::{GuardError, GuardMaps, Hook, PinDir, SyncReport, object};
+use super::{GuardError, GuardMaps, Hook, PinDir, SyncReport, limits, object};
 use ipme::IpmeSet;
 
 use crate::cgroup::Cgroup;
@@ -26,36 +26,83 @@ pub fn attach(
     set: &IpmeSet,
     ports: &BTreeSet<u16>,
 ) -> Result<AttachReport, GuardError> {
+    attach_with(pins, cgroup, Some(ports), || Ok(set))
+}
+
+/// [`attach`], with the set computed by `compute` only once the pin directory's lock is held
+/// (so it is never older than what another writer applied meanwhile), and `ports` None to
+/// keep the guarded ports in force (port 25 when nothing is pinned yet). Ports, capacity and
+/// the pin directory's ownership are checked before anything is written.
+pub fn attach_with<S: Borrow<IpmeSet>>(
+    pins: &PinDir,
+    cgroup: &Cgroup,
+    ports: Option<&BTreeSet<u16>>,
+    compute: impl FnOnce() -> Result<S, GuardError>,
+) -> Result<AttachReport, GuardError> {
+    if let Some(p) = ports {
+        limits::check_ports(p)?;
+    }
     let fresh = !pins.maps_pinned();
-    pins.create()?;
-    let _lock = pins.lock()?;
-    // Links left by cgroups that are gone (a restarted service gets a new cgroup) would
-    // otherwise pile up in the pin directory.
-    prune_stale_locked(pins);
+    let created = pins.create()?;
     let mut pinned_now = Vec::new();
-    let result = attach_inner(pins, cgroup, set, ports, &mut pinned_now);
+    let result = (|| {
+        let _lock = pins.lock()?;
+        let set = compute()?;
+        let set = set.borrow();
+        limits::check_capacity(set)?;
+        // Links left by cgroups that are gone (a restarted service gets a new cgroup) would
+        // otherwise pile up in the pin directory.
+        prune_stale_locked(pins);
+        attach_inner(pins, cgroup, set, ports, &mut pinned_now)
+    })();
     if result.is_err() {
         for path in pinned_now {
             let _ = unpin_link(&path);
         }
-        if fresh && pins.pinned_links().is_empty() {
-            let _ = pins.remove_all();
-        }
+        remove_created(pins, created, fresh);
     }
     result
+}
+
+/// After a failed command: removes the directory if this command made it, else the programs
+/// and maps if this command loaded them and nothing is attached.
+fn remove_created(pins: &PinDir, created_dir: bool, fresh: bool) {
+    if !pins.pinned_links().is_empty() {
+        return;
+    }
+    if created_dir {
+        let _ = pins.remove_all();
+    } else if fresh {
+        let _ = pins.remove_contents();
+    }
+}
+
+/// The ports to write: the given ones, else none (keep what is pinned), else the default for
+/// a guard that has no ports yet.
+fn ports_to_write(
+    maps: &GuardMaps,
+    ports: Option<&BTreeSet<u16>>,
+) -> Result<Option<BTreeSet<u16>>, GuardError> {
+    Ok(match ports {
+        Some(p) => Some(p.clone()),
+        None if maps.ports()?.is_empty() => Some([guard_common::DEFAULT_PORT].into()),
+        None => None,
+    })
 }
 
 fn attach_inner(
     pins: &PinDir,
     cgroup: &Cgroup,
     set: &IpmeSet,
-    ports: &BTreeSet<u16>,
+    ports: Option<&BTreeSet<u16>>,
     pinned_now: &mut Vec<PathBuf>,
 ) -> Result<AttachReport, GuardError> {
     let programs = object::programs(pins)?;
     // Maps are filled before the first attach, so the guard is complete the moment it applies.
     let mut maps = GuardMaps::open(pins)?;
-    maps.set_ports(ports)?;
+    if let Some(p) = ports_to_write(&maps, ports)? {
+        maps.set_ports(&p)?;
+    }
     let sync = maps.sync(set)?;
     let cg = File::open(&cgroup.path)
         .map_err(|e| GuardError::Attach(cgroup.path.clone(), e.to_string()))?;
@@ -97,11 +144,52 @@ pub fn prepare(
     set: &IpmeSet,
     ports: &BTreeSet<u16>,
 ) -> Result<SyncReport, GuardError> {
-    pins.create()?;
+    prepare_with(pins, Some(ports), || Ok(set))
+}
+
+/// [`prepare`], computing the set under the lock as [`attach_with`] does.
+pub fn prepare_with<S: Borrow<IpmeSet>>(
+    pins: &PinDir,
+    ports: Option<&BTreeSet<u16>>,
+    compute: impl FnOnce() -> Result<S, GuardError>,
+) -> Result<SyncReport, GuardError> {
+    if let Some(p) = ports {
+        limits::check_ports(p)?;
+    }
+    let fresh = !pins.maps_pinned();
+    let created = pins.create()?;
+    let result = (|| {
+        let _lock = pins.lock()?;
+        let set = compute()?;
+        let set = set.borrow();
+        limits::check_capacity(set)?;
+        object::programs(pins)?;
+        let mut maps = GuardMaps::open(pins)?;
+        if let Some(p) = ports_to_write(&maps, ports)? {
+            maps.set_ports(&p)?;
+        }
+        maps.sync(set)
+    })();
+    if result.is_err() {
+        remove_created(pins, created, fresh);
+    }
+    result
+}
+
+/// Brings the pinned maps to the set `compute` returns, computed once the lock is held (what
+/// `qmail-guard sync` does). Capacity is checked before anything is written.
+pub fn sync_with<S: Borrow<IpmeSet>>(
+    pins: &PinDir,
+    compute: impl FnOnce() -> Result<S, GuardError>,
+) -> Result<SyncReport, GuardError> {
+    if !pins.maps_pinned() {
+        return Err(GuardError::NotAttached(pins.root.clone()));
+    }
     let _lock = pins.lock()?;
-    object::programs(pins)?;
     let mut maps = GuardMaps::open(pins)?;
-    maps.set_ports(ports)?;
+    let set = compute()?;
+    let set = set.borrow();
+    limits::check_capacity(set)?;
     maps.sync(set)
 }
 
@@ -217,7 +305,7 @@ pub fn detach(pins: &PinDir, which: Detach) -> Result<usize, GuardError> {
     if !pins.root.exists() {
         return Ok(0);
     }
-    let _lock = pins.lock()?;
+    let _lock = pins.lock_for_removal()?;
     let mut removed = 0;
     for (id, _hook, path) in pins.pinned_links() {
         if matches!(which, Detach::Cgroup(c) if c != id) {

@@ -34,6 +34,10 @@ pub enum CgroupError {
     Systemctl(String, #[source] std::io::Error),
     #[error("systemd reports no cgroup for unit {0} (is it loaded and running?): {1}")]
     NoUnitCgroup(String, String),
+    #[error(
+        "{0} is the root of the cgroup2 hierarchy: guarding it refuses connects of every process on this host, not just qmail's; give qmail's own cgroup or unit (e.g. --unit qmail.service), or add --allow-root-cgroup if you really mean every process"
+    )]
+    Root(PathBuf),
 }
 
 /// A validated cgroup2 directory.
@@ -70,6 +74,14 @@ impl Cgroup {
             path: path.to_path_buf(),
             id: meta.ino(),
         })
+    }
+
+    /// Refuses the root of the cgroup2 hierarchy (every process on the host) unless `allow`.
+    pub fn refuse_root(&self, allow: bool) -> Result<(), CgroupError> {
+        if !allow && is_root_path(&self.path) {
+            return Err(CgroupError::Root(self.path.clone()));
+        }
+        Ok(())
     }
 
     /// The cgroup of a systemd unit (`systemctl show -p ControlGroup --value UNIT`).
@@ -189,6 +201,18 @@ impl Cgroup {
     }
 }
 
+/// Whether `path` is the root directory of the cgroup2 mount, compared by device and inode
+/// (so `/sys/fs/cgroup/.` or a symlink to it count), or by path when it does not exist.
+pub fn is_root_path(path: &Path) -> bool {
+    let Ok(mount) = cgroup2_mount() else {
+        return false;
+    };
+    match (fs::metadata(path), fs::metadata(&mount)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => path.components().eq(mount.components()),
+    }
+}
+
 /// The cgroup directory of a slice relative to the cgroup2 mount: systemd nests slices by
 /// their dash-separated prefixes (`a-b.slice` lives in `a.slice/a-b.slice`); `-.slice` is the root.
 fn slice_path(slice: &str) -> PathBuf {
@@ -233,6 +257,23 @@ mod tests {
             slice_path("a-b-c.slice"),
             PathBuf::from("a.slice/a-b.slice/a-b-c.slice")
         );
+    }
+
+    /// Real mount: the cgroup2 root is recognised however it is spelled; a child is not.
+    #[test]
+    fn root_is_recognised() {
+        let Ok(mount) = cgroup2_mount() else { return };
+        assert!(is_root_path(&mount));
+        assert!(is_root_path(&mount.join(".")));
+        let cg = Cgroup::from_path(&mount).unwrap();
+        assert!(matches!(cg.refuse_root(false), Err(CgroupError::Root(_))));
+        assert!(cg.refuse_root(true).is_ok());
+        let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        if let Some(rel) = own.lines().find_map(|l| l.strip_prefix("0::"))
+            && rel != "/"
+        {
+            assert!(!is_root_path(&mount.join(rel.trim_start_matches('/'))));
+        }
     }
 
     /// Real kernel: our own cgroup exists, a made-up id does not.

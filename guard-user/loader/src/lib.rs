@@ -4,16 +4,21 @@ pub mod attach;
 pub mod cgroup;
 pub mod diff;
 pub mod encode;
+pub mod limits;
 pub mod maps;
 pub mod object;
 pub mod pins;
+pub mod privilege;
 pub mod state;
 pub mod status;
 pub mod sys;
 
 use std::path::PathBuf;
 
-pub use attach::{AttachReport, Pruned, attach, detach, prepare, prune_stale, verify};
+pub use attach::{
+    AttachReport, Pruned, attach, attach_with, detach, prepare, prepare_with, prune_stale,
+    sync_with, verify,
+};
 pub use maps::{GuardMaps, SyncReport};
 pub use pins::{DEFAULT_PIN_DIR, Hook, PinDir, PinLock};
 pub use status::{Status, status};
@@ -60,4 +65,25 @@ pub enum GuardError {
     Link(PathBuf, String),
     #[error("pinned program {}: {}", .0.display(), .1)]
     ProgramPin(PathBuf, String),
+    #[error(
+        "{path} is {what}: another user could remove or replace the guard's pins; check who made it, remove it (`rm -r {root}`) and run the command again",
+        path = .path.display(), root = .root.display()
+    )]
+    Untrusted {
+        path: PathBuf,
+        /// e.g. `owned by uid 65534, not root` or `writable by group or others (mode 0777)`.
+        what: String,
+        /// The pin directory to remove.
+        root: PathBuf,
+    },
+    #[error(
+        "the ipme set has {count} {family} entries, more than the kernel map holds ({limit}); nothing was changed: shorten control/moreipme or control/notipme"
+    )]
+    Capacity {
+        family: &'static str,
+        count: usize,
+        limit: usize,
+    },
+    #[error("--port: {0}; nothing was changed")]
+    Ports(String),
 }

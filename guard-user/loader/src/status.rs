@@ -48,6 +48,8 @@ pub struct DaemonStatus {
 }
 
 pub fn status(pins: &PinDir) -> Result<Status, GuardError> {
+    // Pins someone else could have replaced would make this report meaningless.
+    pins.check_trusted()?;
     let maps = GuardMaps::open(pins)?;
     let (v4, v6) = (maps.read_v4()?, maps.read_v6()?);
     let mut by_source = BTreeMap::new();

@@ -29,11 +29,15 @@ pub enum Command {
         target: Target,
         #[command(flatten)]
         home: Home,
-        /// Guarded destination port (repeat for several). Applies to every attached cgroup.
-        #[arg(long = "port", value_name = "N", default_values_t = [guard_common::DEFAULT_PORT])]
+        /// Guarded destination port, 1-65535 (repeat for several, at most 64). Replaces the
+        /// guarded ports of every attached cgroup; without --port the ports in force are kept
+        /// (25 when nothing is attached yet).
+        #[arg(long = "port", value_name = "N", value_parser = port_parser())]
         ports: Vec<u16>,
         #[command(flatten)]
         pins: Pins,
+        #[command(flatten)]
+        danger: Danger,
     },
     /// Remove the guard from a cgroup (or from all); when nothing stays attached, also remove
     /// the pinned programs and maps.
@@ -61,11 +65,14 @@ pub enum Command {
         target: RunTarget,
         #[command(flatten)]
         home: Home,
-        /// Guarded destination port (repeat for several). Give `attach` the same ports.
-        #[arg(long = "port", value_name = "N", default_values_t = [guard_common::DEFAULT_PORT])]
+        /// Guarded destination port, 1-65535 (repeat for several, at most 64). Replaces the
+        /// guarded ports; give `attach` the same ports.
+        #[arg(long = "port", value_name = "N", default_values_t = [guard_common::DEFAULT_PORT], value_parser = port_parser())]
         ports: Vec<u16>,
         #[command(flatten)]
         pins: Pins,
+        #[command(flatten)]
+        danger: Danger,
         /// Remove the guard from the targets on SIGTERM/SIGINT instead of leaving it in force.
         #[arg(long)]
         detach_on_exit: bool,
@@ -87,8 +94,8 @@ pub enum Command {
         home: Home,
     },
     /// Would a connect to ADDR:PORT from the guarded cgroup be refused?
-    /// Exit 0 = refused, 1 = allowed, 2 = error. Uses the pinned maps when attached, else the
-    /// set computed now (with port 25 guarded).
+    /// Exit 0 = refused, 1 = allowed, 2 = error. Uses the pinned maps when attached, else (or
+    /// without root, saying so) the set computed now, with port 25 guarded.
     Check {
         /// Destination address (IPv4 or IPv6).
         addr: IpAddr,
@@ -152,6 +159,20 @@ impl Home {
     pub fn dir(&self) -> PathBuf {
         ipme::qmail_home(self.qmail_home.clone())
     }
+}
+
+/// Ports as the kernel sees them: 0 is no destination port.
+fn port_parser() -> clap::builder::RangedI64ValueParser<u16> {
+    clap::value_parser!(u16).range(1..)
+}
+
+#[derive(Debug, Args)]
+pub struct Danger {
+    /// DANGEROUS: allow the cgroup2 root as target. The guard then applies to every process on
+    /// this host: any program connecting to one of this host's own addresses on a guarded
+    /// port is refused (ELOOP), e.g. a local monitoring check of port 25.
+    #[arg(long)]
+    pub allow_root_cgroup: bool,
 }
 
 #[derive(Debug, Args)]

@@ -5,7 +5,13 @@ use std::{collections::BTreeSet, process::ExitCode};
 use anyhow::{Context as _, Result};
 use args::{Cli, Command, DetachTarget, RunTarget, Target};
 use clap::Parser as _;
-use guard_loader::{self as guard, GuardMaps, PinDir, attach::Detach, cgroup::Cgroup, state};
+use guard_loader::{
+    self as guard, GuardError, GuardMaps, PinDir,
+    attach::Detach,
+    cgroup::Cgroup,
+    privilege::{NEEDS_ROOT, has_bpf_privileges},
+    state,
+};
 use ipme::IpmeSet;
 use qmail_guard::{args, daemon};
 
@@ -30,6 +36,17 @@ fn resolve(cgroup: Option<&std::path::Path>, unit: Option<&str>) -> Result<Cgrou
     })
 }
 
+/// Refuses, with one sentence, a command that must use the pins without the privileges to.
+fn require_root(command: &str, pin_dir: &std::path::Path) -> Result<()> {
+    if has_bpf_privileges() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{command} {NEEDS_ROOT} to use the pins in {}; run it as root",
+        pin_dir.display()
+    )
+}
+
 fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Attach {
@@ -37,16 +54,26 @@ fn run(command: Command) -> Result<ExitCode> {
             home,
             ports,
             pins,
+            danger,
         } => {
+            require_root("attach", &pins.pin_dir)?;
             let cg = resolve(cgroup.as_deref(), unit.as_deref())?;
-            // The set is computed before anything is touched: bad input changes nothing.
-            let set = IpmeSet::load(&home.dir())?;
-            let ports: BTreeSet<u16> = ports.into_iter().collect();
+            cg.refuse_root(danger.allow_root_cgroup)?;
+            let ports: Option<BTreeSet<u16>> =
+                (!ports.is_empty()).then(|| ports.into_iter().collect());
             let pins = PinDir::new(pins.pin_dir);
-            let r = guard::attach(&pins, &cg, &set, &ports)?;
+            // The set is computed under the pin directory's lock, after the ports are
+            // validated: bad input changes nothing.
+            let r = guard::attach_with(&pins, &cg, ports.as_ref(), || {
+                IpmeSet::load(&home.dir()).map_err(GuardError::from)
+            })?;
             // Informational only (shown by `status`): a read-only /run must not fail attach.
             let _ = state::record_sync(&pins, "attach", &r.sync);
-            let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+            let ports: Vec<String> = GuardMaps::open(&pins)?
+                .ports()?
+                .iter()
+                .map(u16::to_string)
+                .collect();
             if r.attached.is_empty() {
                 println!(
                     "qmail-guard: already attached to {} (cgroup id {})",
@@ -74,6 +101,7 @@ fn run(command: Command) -> Result<ExitCode> {
             target: DetachTarget { cgroup, unit, all },
             pins,
         } => {
+            require_root("detach", &pins.pin_dir)?;
             let pins = PinDir::new(pins.pin_dir);
             let which = if all {
                 Detach::All
@@ -84,13 +112,13 @@ fn run(command: Command) -> Result<ExitCode> {
             println!("qmail-guard: removed {n} link(s)");
         }
         Command::Sync { home, pins } => {
+            require_root("sync", &pins.pin_dir)?;
             let pins = PinDir::new(pins.pin_dir);
-            let mut maps = GuardMaps::open(&pins)?;
-            let set = IpmeSet::load(&home.dir())?;
-            let r = {
-                let _lock = pins.lock()?;
-                maps.sync(&set)?
-            };
+            // Computed under the lock: a sync that waited for it never writes an older set
+            // than the one another writer applied meanwhile.
+            let r = guard::sync_with(&pins, || {
+                IpmeSet::load(&home.dir()).map_err(GuardError::from)
+            })?;
             let _ = state::record_sync(&pins, "sync", &r);
             println!(
                 "qmail-guard: {} entries ({} written, {} removed)",
@@ -104,7 +132,11 @@ fn run(command: Command) -> Result<ExitCode> {
             pins,
             detach_on_exit,
             resync_secs,
+            danger,
         } => {
+            require_root("run", &pins.pin_dir)?;
+            guard::limits::check_ports(&ports.iter().copied().collect())?;
+            refuse_root_targets(&cgroups, &units, danger.allow_root_cgroup)?;
             daemon::init_logging();
             daemon::run(daemon::Config {
                 units,
@@ -117,6 +149,7 @@ fn run(command: Command) -> Result<ExitCode> {
             })?;
         }
         Command::Status { json, pins } => {
+            require_root("status", &pins.pin_dir)?;
             let st = guard::status(&PinDir::new(pins.pin_dir))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&st)?);
@@ -140,13 +173,45 @@ fn run(command: Command) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `run`'s targets, as far as they can be resolved now: none may be the cgroup2 root unless
+/// allowed (a unit resolving there is refused too: `-.slice`).
+fn refuse_root_targets(
+    cgroups: &[std::path::PathBuf],
+    units: &[String],
+    allow: bool,
+) -> Result<()> {
+    if allow {
+        return Ok(());
+    }
+    let mut paths = cgroups.to_vec();
+    for u in units {
+        if let Ok(p) = Cgroup::unit_path(u) {
+            paths.push(p);
+        }
+    }
+    for p in paths {
+        if guard::cgroup::is_root_path(&p) {
+            return Err(guard::cgroup::CgroupError::Root(p).into());
+        }
+    }
+    Ok(())
+}
+
 fn check(
     addr: std::net::IpAddr,
     port: u16,
     home: &std::path::Path,
     pins: &PinDir,
 ) -> Result<ExitCode> {
-    let (tag, guarded, basis) = if pins.maps_pinned() {
+    let privileged = has_bpf_privileges();
+    if !privileged {
+        eprintln!(
+            "qmail-guard: check {NEEDS_ROOT} to read the kernel's maps in {}; answering from the set computed now instead",
+            pins.root.display()
+        );
+    }
+    let (tag, guarded, basis) = if privileged && pins.maps_pinned() {
+        pins.check_trusted()?;
         let maps = GuardMaps::open(pins)?;
         let guarded = maps.ports()?.contains(&port);
         (maps.lookup(addr)?, guarded, "pinned maps")
@@ -156,7 +221,11 @@ fn check(
         (
             tag,
             port == guard_common::DEFAULT_PORT,
-            "computed set, not attached",
+            if privileged {
+                "computed set, not attached"
+            } else {
+                "computed set, not the kernel's maps"
+            },
         )
     };
     let me = tag.is_some_and(|t| guard_common::IpmeValue { tag: t }.is_me());
