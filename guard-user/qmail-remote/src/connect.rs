@@ -5,10 +5,11 @@
 //! like stock's select-then-read. TCP_NODELAY is set because the dialogue is strictly
 //! request/response: without it the last segment of DATA waits for a delayed ACK (~40 ms).
 
-use std::io;
-use std::mem::size_of;
-use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, Read as _};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use socket2::{Domain, SockAddr, Socket, Type};
 
 /// A connect attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -17,10 +18,10 @@ pub enum ConnectError {
     #[error("connect refused by qmail-guard (ELOOP): the address is this host")]
     Guard,
     /// The socket could not be created.
-    #[error("cannot create socket: {0}")]
+    #[error("cannot create socket")]
     Socket(#[source] io::Error),
     /// The connect failed or timed out; `timeout` counts for tcpto.
-    #[error("connect failed: {source}")]
+    #[error("connect failed")]
     Failed {
         /// ETIMEDOUT (ours or the kernel's).
         timeout: bool,
@@ -73,70 +74,19 @@ fn failed(e: io::Error) -> ConnectError {
 }
 
 /// Connects to `ip:port`, waiting at most `timeout_ms`.
-pub fn connect(ip: IpAddr, port: u16, timeout_ms: i32) -> Result<OwnedFd, ConnectError> {
-    let family = if ip.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let raw = unsafe {
-        libc::socket(
-            family,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if raw == -1 {
-        return Err(ConnectError::Socket(io::Error::last_os_error()));
-    }
-    // SAFETY: raw is a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let r = match ip {
-        IpAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: port.to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sin is a valid sockaddr_in of the given length.
-            unsafe {
-                libc::connect(
-                    fd.as_raw_fd(),
-                    (&raw const sin).cast(),
-                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                )
-            }
-        }
-        IpAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: port.to_be(),
-                sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.octets(),
-                },
-                sin6_scope_id: 0,
-            };
-            // SAFETY: sin6 is a valid sockaddr_in6 of the given length.
-            unsafe {
-                libc::connect(
-                    fd.as_raw_fd(),
-                    (&raw const sin6).cast(),
-                    size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-                )
-            }
-        }
-    };
-    if r == -1 {
-        let e = io::Error::last_os_error();
+pub fn connect(ip: IpAddr, port: u16, timeout_ms: i32) -> Result<Socket, ConnectError> {
+    let addr = SocketAddr::new(ip, port);
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    )
+    .map_err(ConnectError::Socket)?;
+    if let Err(e) = socket.connect(&SockAddr::from(addr)) {
         if e.raw_os_error() != Some(libc::EINPROGRESS) {
             return Err(failed(e));
         }
-        match wait(fd.as_raw_fd(), libc::POLLOUT, timeout_ms) {
+        match wait(socket.as_raw_fd(), libc::POLLOUT, timeout_ms) {
             Ok(true) => {}
             Ok(false) => {
                 return Err(ConnectError::Failed {
@@ -146,37 +96,14 @@ pub fn connect(ip: IpAddr, port: u16, timeout_ms: i32) -> Result<OwnedFd, Connec
             }
             Err(e) => return Err(failed(e)),
         }
-        let mut err: libc::c_int = 0;
-        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: err/len are valid for writes of the sizes given.
-        let r = unsafe {
-            libc::getsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ERROR,
-                (&raw mut err).cast(),
-                &mut len,
-            )
-        };
-        if r == -1 {
-            return Err(failed(io::Error::last_os_error()));
-        }
-        if err != 0 {
-            return Err(failed(io::Error::from_raw_os_error(err)));
+        match socket.take_error() {
+            Ok(None) => {}
+            Ok(Some(e)) | Err(e) => return Err(failed(e)),
         }
     }
-    let one: libc::c_int = 1;
-    // SAFETY: one is a valid c_int for the duration of the call. Failure only costs latency.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&raw const one).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-    Ok(fd)
+    // Failure only costs latency.
+    let _ = socket.set_tcp_nodelay(true);
+    Ok(socket)
 }
 
 /// True if the peer of `fd` closed or reset the connection (no waiting).
@@ -205,7 +132,7 @@ pub fn error_str(e: &io::Error) -> String {
 
 /// A connected SMTP socket with per-operation timeouts and a read buffer.
 pub struct Conn {
-    fd: OwnedFd,
+    fd: Socket,
     timeout_ms: i32,
     buf: Vec<u8>,
     pos: usize,
@@ -214,7 +141,7 @@ pub struct Conn {
 
 impl Conn {
     /// Wraps a connected non-blocking socket.
-    pub fn new(fd: OwnedFd, timeout_ms: i32) -> Self {
+    pub fn new(fd: Socket, timeout_ms: i32) -> Self {
         Conn {
             fd,
             timeout_ms,
@@ -239,23 +166,14 @@ impl Conn {
             if !wait(self.fd.as_raw_fd(), libc::POLLIN, self.timeout_ms)? {
                 return Err(io::ErrorKind::TimedOut.into());
             }
-            // SAFETY: buf is valid for buf.len() bytes of writes.
-            let r = unsafe {
-                libc::read(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
-                )
-            };
-            match r {
-                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-                r if r > 0 => {
+            match (&self.fd).read(&mut self.buf) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
                     self.pos = 0;
-                    self.len = r as usize;
+                    self.len = n;
                     return Ok(());
                 }
-                _ => {
-                    let e = io::Error::last_os_error();
+                Err(e) => {
                     if !matches!(
                         e.kind(),
                         io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
@@ -270,21 +188,14 @@ impl Conn {
     /// Writes everything, waiting at most the timeout for each bit of progress.
     pub fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
-            // SAFETY: data is valid for data.len() bytes of reads. MSG_NOSIGNAL: a closed peer
-            // is an error here, never a SIGPIPE.
-            let r = unsafe {
-                libc::send(
-                    self.fd.as_raw_fd(),
-                    data.as_ptr().cast(),
-                    data.len(),
-                    libc::MSG_NOSIGNAL,
-                )
+            // MSG_NOSIGNAL: a closed peer is an error here, never a SIGPIPE.
+            let e = match self.fd.send_with_flags(data, libc::MSG_NOSIGNAL) {
+                Ok(n) => {
+                    data = &data[n..];
+                    continue;
+                }
+                Err(e) => e,
             };
-            if r >= 0 {
-                data = &data[r as usize..];
-                continue;
-            }
-            let e = io::Error::last_os_error();
             match e.kind() {
                 io::ErrorKind::Interrupted => {}
                 io::ErrorKind::WouldBlock => {
@@ -308,20 +219,14 @@ impl Conn {
     /// already read but not consumed are dropped: nothing the server sent in clear may be
     /// taken as part of the encrypted session.
     pub fn into_parts(self) -> (OwnedFd, i32) {
-        (self.fd, self.timeout_ms)
+        (self.fd.into(), self.timeout_ms)
     }
 
     /// One non-blocking attempt, result ignored: used for QUIT, whose outcome changes nothing.
     pub fn send_and_forget(&mut self, data: &[u8]) {
-        // SAFETY: data is valid for data.len() bytes of reads.
-        unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                data.as_ptr().cast(),
-                data.len(),
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            );
-        }
+        let _ = self
+            .fd
+            .send_with_flags(data, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT);
     }
 }
 

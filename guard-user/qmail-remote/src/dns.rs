@@ -8,6 +8,8 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::rc::Rc;
 
+use futures_util::future::{join, join_all};
+
 use super::control::scan_ulong;
 
 /// One address to try, with the preference of the MX it came from (0 for A fallback/literals).
@@ -158,7 +160,7 @@ pub fn order_mx(mut mx: Vec<(u16, Vec<u8>)>, rng: &mut Lcg) -> Vec<(u16, Vec<u8>
 async fn host_addrs<R: Resolve>(r: &R, name: &[u8], ipv6: bool) -> Result<Vec<IpAddr>, DnsError> {
     let v4 = r.addrs(name, Qtype::A);
     let (a, aaaa) = if ipv6 {
-        let (a, b) = join2(v4, r.addrs(name, Qtype::Aaaa)).await;
+        let (a, b) = join(v4, r.addrs(name, Qtype::Aaaa)).await;
         (a, Some(b))
     } else {
         (v4.await, None)
@@ -175,61 +177,6 @@ async fn host_addrs<R: Resolve>(r: &R, name: &[u8], ipv6: bool) -> Result<Vec<Ip
         return Ok(addrs);
     }
     Err(DnsError::Hard)
-}
-
-/// Runs two futures concurrently on the current task (no executor spawn needed).
-async fn join2<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
-    let mut a = std::pin::pin!(a);
-    let mut b = std::pin::pin!(b);
-    let mut ra = None;
-    let mut rb = None;
-    std::future::poll_fn(|cx| {
-        if ra.is_none()
-            && let std::task::Poll::Ready(v) = a.as_mut().poll(cx)
-        {
-            ra = Some(v);
-        }
-        if rb.is_none()
-            && let std::task::Poll::Ready(v) = b.as_mut().poll(cx)
-        {
-            rb = Some(v);
-        }
-        if ra.is_some() && rb.is_some() {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    match (ra, rb) {
-        (Some(x), Some(y)) => (x, y),
-        // unreachable: poll_fn only completes when both are set
-        _ => unreachable!("join2 completed early"),
-    }
-}
-
-/// Runs all futures concurrently, results in input order.
-async fn join_all<F: Future>(futs: Vec<F>) -> Vec<F::Output> {
-    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
-    let mut outs: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (f, o) in futs.iter_mut().zip(outs.iter_mut()) {
-            if o.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *o = Some(v),
-                    std::task::Poll::Pending => done = false,
-                }
-            }
-        }
-        if done {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    outs.into_iter().flatten().collect()
 }
 
 /// Within each run of equal preference, IPv4 addresses go before IPv6 (stable): IPv4 is the
@@ -328,7 +275,7 @@ pub async fn mx_ip<R: Resolve>(
         }
         (host_addrs(r, name, ipv6).await, false)
     });
-    let results = join_all(lookups.collect()).await;
+    let results = join_all(lookups).await;
     let mut candidates = Vec::new();
     let mut soft = false;
     for ((pref, exchange), (res, is_literal)) in ordered.iter().zip(results) {
