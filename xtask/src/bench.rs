@@ -19,6 +19,7 @@ mod stats;
 mod stock;
 mod strace;
 mod table;
+mod tls;
 mod update;
 
 use std::path::Path;
@@ -40,6 +41,18 @@ pub struct Options {
     /// A smoke run: few rounds, no 1M sets (a minute; numbers not for publishing).
     #[arg(long)]
     quick: bool,
+    /// Run only these sections (repeatable): connect, update, delivery, tls, nat. The others
+    /// appear as "not run"; bench/results.md is then not overwritten.
+    #[arg(long, value_name = "SECTION", value_parser = ["connect", "update", "delivery", "tls", "nat"])]
+    only: Vec<String>,
+    /// Also measure this qmail-remote (e.g. a TLS-patched C build) side by side with ours,
+    /// interleaved, in every qmail-remote row; without it the stock rows are quoted figures.
+    #[arg(long, value_name = "PATH")]
+    stock_qmail_remote: Option<std::path::PathBuf>,
+    /// The qmail home compiled into that binary (conf-qmail); the benchmark mounts its own
+    /// home over it in a private mount namespace. Must exist.
+    #[arg(long, value_name = "DIR", default_value = "/var/qmail")]
+    stock_qmail_home: std::path::PathBuf,
 }
 
 pub fn run(o: &Options) -> Result<()> {
@@ -66,30 +79,64 @@ pub fn run(o: &Options) -> Result<()> {
         interrupt::check()
     };
 
-    section("connect() cost, unguarded and refused, per-program run time")?;
-    let connect = keep(
-        &mut failed,
-        "connect",
-        connect::run(&plan, &client_bin, &qmail_guard, &cgroup2),
-    );
-    section("update latency (qmail-guard run)")?;
-    let update = keep(
-        &mut failed,
-        "update",
-        update::run(&plan, &client_bin, &qmail_guard),
-    );
-    section("qmail-remote per delivery")?;
-    let delivery = keep(
-        &mut failed,
-        "delivery",
-        delivery::run(&plan, &qmail_remote, &client_bin),
-    );
-    section("the NAT loop")?;
-    let nat = keep(
-        &mut failed,
-        "nat",
-        natloop::run(&plan, &qmail_remote, &qmail_guard),
-    );
+    let wanted = |name: &str| o.only.is_empty() || o.only.iter().any(|x| x == name);
+    fn skipped<T>() -> table::Section<T> {
+        Err("not run (`--only`)".to_string())
+    }
+    let connect = if wanted("connect") {
+        section("connect() cost, unguarded and refused, per-program run time")?;
+        keep(
+            &mut failed,
+            "connect",
+            connect::run(&plan, &client_bin, &qmail_guard, &cgroup2),
+        )
+    } else {
+        skipped()
+    };
+    let update = if wanted("update") {
+        section("update latency (qmail-guard run)")?;
+        keep(
+            &mut failed,
+            "update",
+            update::run(&plan, &client_bin, &qmail_guard),
+        )
+    } else {
+        skipped()
+    };
+    let stock_bin = o.stock_qmail_remote.as_ref().map(|p| stock::Binary {
+        path: p.clone(),
+        home: o.stock_qmail_home.clone(),
+    });
+    let delivery = if wanted("delivery") {
+        section("qmail-remote per delivery")?;
+        keep(
+            &mut failed,
+            "delivery",
+            delivery::run(&plan, &qmail_remote, &client_bin, stock_bin.as_ref()),
+        )
+    } else {
+        skipped()
+    };
+    let tls = if wanted("tls") {
+        section("qmail-remote per delivery with STARTTLS")?;
+        keep(
+            &mut failed,
+            "tls",
+            tls::run(&plan, &qmail_remote, stock_bin.as_ref()),
+        )
+    } else {
+        skipped()
+    };
+    let nat = if wanted("nat") {
+        section("the NAT loop")?;
+        keep(
+            &mut failed,
+            "nat",
+            natloop::run(&plan, &qmail_remote, &qmail_guard),
+        )
+    } else {
+        skipped()
+    };
     // A section cut short by Ctrl-C has already cleaned up; no table for a partial run.
     if interrupt::interrupted() {
         bail!("interrupted; everything the benchmark created has been removed");
@@ -102,11 +149,15 @@ pub fn run(o: &Options) -> Result<()> {
         connect,
         update,
         delivery,
+        tls,
+        stock_measured: stock_bin.is_some(),
         nat,
     };
     let md = table::render(&all);
     println!("\n{md}");
-    write_results(&md)?;
+    if o.only.is_empty() {
+        write_results(&md)?;
+    }
     if !failed.is_empty() {
         bail!("benchmark sections failed: {}", failed.join("; "));
     }

@@ -19,7 +19,7 @@ use guard_tests::qmail_remote::QmailHome;
 use super::message::{encode, message};
 use super::plan::Plan;
 use super::sink::Sink;
-use super::strace;
+use super::{stock, strace};
 use crate::kit::harness::attempt;
 use crate::kit::measure;
 use crate::kit::netns::in_netns;
@@ -42,6 +42,8 @@ pub enum Who {
     Floor,
     /// `/bin/true`: what starting and ending any process costs here (no delivery).
     Exec,
+    /// The binary given with `--stock-qmail-remote`.
+    Stock,
 }
 
 /// One size and client.
@@ -63,9 +65,15 @@ struct Inputs {
     qmail_remote: PathBuf,
     client: PathBuf,
     messages: Vec<(PathBuf, PathBuf)>,
+    stock: Option<stock::Binary>,
 }
 
-pub fn run(plan: &Plan, qmail_remote: &Path, client: &Path) -> Result<Vec<Figures>> {
+pub fn run(
+    plan: &Plan,
+    qmail_remote: &Path,
+    client: &Path,
+    stock_bin: Option<&stock::Binary>,
+) -> Result<Vec<Figures>> {
     let netns = attempt("creating the namespace", || {
         Netns::new(&names::name("smtp"))
     })?;
@@ -93,14 +101,20 @@ pub fn run(plan: &Plan, qmail_remote: &Path, client: &Path) -> Result<Vec<Figure
             .iter()
             .map(|(m, w)| (m.path().to_path_buf(), w.path().to_path_buf()))
             .collect(),
+        stock: stock_bin.cloned(),
     };
+    let mut whos = vec![Who::Ours, Who::Floor];
+    if stock_bin.is_some() {
+        whos.push(Who::Stock);
+    }
 
     // Same bytes on the wire: one delivery by each client and size, checked against the
     // reference encoding (LF→CRLF, dot-stuffing, final ".\r\n").
     for (k, size) in SIZES.into_iter().enumerate() {
-        for who in [Who::Ours, Who::Floor] {
+        for &who in &whos {
             let inp = inputs.clone();
             in_netns(&netns.path(), move || {
+                stock::enter_home(inp.stock.as_ref(), &inp.home)?;
                 let (msg, wire) = &inp.messages[k];
                 deliver(&inp, who, msg, wire).map(|_| ())
             })?;
@@ -120,7 +134,10 @@ pub fn run(plan: &Plan, qmail_remote: &Path, client: &Path) -> Result<Vec<Figure
     let runs = plan.delivery_runs;
     let rss_runs = plan.rss_runs;
     let i2 = inputs.clone();
-    let figures = in_netns(&netns.path(), move || measure(&i2, runs, rss_runs))?;
+    let figures = in_netns(&netns.path(), move || {
+        stock::enter_home(i2.stock.as_ref(), &i2.home)?;
+        measure(&i2, runs, rss_runs)
+    })?;
     drop(sink);
     drop(files);
     drop(home);
@@ -133,6 +150,9 @@ fn measure(inp: &Inputs, runs: usize, rss_runs: usize) -> Result<Vec<Figures>> {
     let mut kinds = vec![(0, Who::Exec)];
     for size in SIZES {
         kinds.extend([(size, Who::Ours), (size, Who::Floor)]);
+        if inp.stock.is_some() {
+            kinds.push((size, Who::Stock));
+        }
     }
     for (size, who) in kinds {
         figs.push(Figures {
@@ -181,6 +201,10 @@ fn measure(inp: &Inputs, runs: usize, rss_runs: usize) -> Result<Vec<Figures>> {
             env.push(("QMAILHOME", home));
         }
         let stdin = if f.who == Who::Floor { wire } else { msg };
+        if f.who == Who::Stock {
+            // stock's own home is where the bench home is mounted; it reads no environment
+            env.truncate(1);
+        }
         f.syscalls = Some(strace::count(&c, &env, stdin)?);
     }
     Ok(figs)
@@ -220,6 +244,20 @@ fn command(inp: &Inputs, who: Who, msg: &Path, wire: &Path) -> Result<Command> {
             c.env_clear().env("PATH", MIN_PATH);
             Ok(c)
         }
+        Who::Stock => {
+            let bin = inp
+                .stock
+                .as_ref()
+                .map(|s| s.path.clone())
+                .context("no stock binary")?;
+            let mut c = Command::new(bin);
+            c.args(["bench.test", SENDER, RECIP])
+                .env_clear()
+                .env("PATH", MIN_PATH)
+                .current_dir(inp.home.join("queue/mess"))
+                .stdin(spawn::stdin_file(msg)?);
+            Ok(c)
+        }
         Who::Exec => {
             let mut c = Command::new("/bin/true");
             c.env_clear().env("PATH", MIN_PATH).stdin(Stdio::null());
@@ -237,6 +275,26 @@ fn deliver(inp: &Inputs, who: Who, msg: &Path, wire: &Path) -> Result<measure::U
                 bail!("qmail-remote did not deliver: {}", o.report.render(""));
             }
             Ok(o.usage)
+        }
+        Who::Stock => {
+            let mut c = command(inp, who, msg, wire)?;
+            let (mut reader, writer) = std::io::pipe().context("pipe")?;
+            c.stdout(Stdio::from(writer.try_clone().context("dup pipe")?))
+                .stderr(Stdio::from(writer));
+            let start = Instant::now();
+            let mut child = c.spawn().context("cannot start the stock qmail-remote")?;
+            drop(c);
+            let rd = std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let _ = std::io::Read::read_to_end(&mut reader, &mut out);
+                out
+            });
+            let u = measure::wait_usage(&mut child, start, TIMEOUT)?;
+            let rep = crate::kit::report::parse(&rd.join().unwrap_or_default());
+            if !rep.is_delivered() {
+                bail!("the stock qmail-remote did not deliver: {}", rep.render(""));
+            }
+            Ok(u)
         }
         Who::Floor | Who::Exec => {
             let mut c = command(inp, who, msg, wire)?;

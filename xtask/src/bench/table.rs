@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use super::delivery::Figures;
 use super::plan::Plan;
-use super::{connect, natloop, update};
+use super::{connect, natloop, tls, update};
 
 mod connect_tables;
 mod delivery_table;
 mod nat_table;
+mod tls_table;
 mod update_table;
 
 /// A section's outcome: its results, or why it has none.
@@ -23,6 +24,9 @@ pub struct All {
     pub connect: Section<connect::Results>,
     pub update: Section<Option<update::Results>>,
     pub delivery: Section<Vec<Figures>>,
+    pub tls: Section<tls::Results>,
+    /// `--stock-qmail-remote` was given: stock rows are measured, not quoted.
+    pub stock_measured: bool,
     pub nat: Section<natloop::Results>,
 }
 
@@ -61,6 +65,7 @@ pub fn render(a: &All) -> String {
     connect_tables::render(&mut s, a, &mut targets);
     update_table::render(&mut s, a, &mut targets);
     delivery_table::render(&mut s, a, &mut targets);
+    tls_table::render(&mut s, a, &mut targets);
     nat_table::render(&mut s, a);
     let _ = writeln!(s, "## Targets\n");
     let _ = writeln!(s, "| target | measured | verdict |\n|---|---|---|");
