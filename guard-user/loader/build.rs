@@ -23,5 +23,16 @@ fn main() -> anyhow::Result<()> {
         root_dir: root_dir.as_str(),
         ..Default::default()
     };
+    quiet_inner_cargo();
     aya_build::build_ebpf([package], aya_build::Toolchain::Custom(EBPF_TOOLCHAIN))
+}
+
+/// aya-build forwards every stderr line of its inner `cargo build` (Compiling …, Finished …)
+/// as a `cargo::warning`, so each build would show ~40 "warnings" that are only progress.
+/// Quiet mode (inherited through the environment) leaves cargo's stderr to real problems;
+/// compiler diagnostics arrive as JSON on stdout and are still shown.
+fn quiet_inner_cargo() {
+    // SAFETY: the build script is single-threaded here; nothing reads the environment
+    // concurrently.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
 }
