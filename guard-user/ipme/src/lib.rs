@@ -27,7 +27,9 @@ pub use error::{Chain, IpmeError};
 pub use home::{DEFAULT_HOME, qmail_home};
 pub use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 pub use set::IpmeSet;
-pub use sources::{LocalRoute, interfaces, is_local_route, local_routes, table_name};
+pub use sources::{
+    LocalRoute, interfaces, is_local_route, local_routes, route_messages, table_name,
+};
 
 /// Where an ipme entry comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -116,41 +116,61 @@ fn dump_local_routes() -> io::Result<Option<Vec<LocalRoute>>> {
             buf.resize(size, 0);
         }
         let size = retry_eintr(|| socket.recv(&mut &mut buf[..], 0))?;
-        let mut offset = 0;
-        while offset < size {
-            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[offset..size])
-                .map_err(|e| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("bad netlink message: {e}"),
-                    )
-                })?;
-            let len = msg.header.length as usize;
-            if msg.header.sequence_number == SEQ {
-                if msg.header.flags & NLM_F_DUMP_INTR != 0 {
-                    interrupted = true;
-                }
-                match msg.payload {
-                    NetlinkPayload::Done(_) => {
-                        return Ok((!interrupted).then_some(routes));
-                    }
-                    NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
-                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) => {
-                        if let Some(r) = local_route(&route) {
-                            routes.push(r);
-                        }
-                    }
-                    _ => {}
-                }
+        for msg in route_messages(&buf[..size]) {
+            let msg = msg?;
+            if msg.header.sequence_number != SEQ {
+                continue;
             }
-            // Messages are 4-byte aligned; a zero length would loop forever.
-            let step = (len + 3) & !3;
-            if step == 0 {
-                break;
+            if msg.header.flags & NLM_F_DUMP_INTR != 0 {
+                interrupted = true;
             }
-            offset += step;
+            match msg.payload {
+                NetlinkPayload::Done(_) => {
+                    return Ok((!interrupted).then_some(routes));
+                }
+                NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) => {
+                    if let Some(r) = local_route(&route) {
+                        routes.push(r);
+                    }
+                }
+                _ => {}
+            }
         }
     }
+}
+
+/// The rtnetlink messages of one datagram, in order (the one framing both the route dump and
+/// the daemon's notification reader use). Stops at the first message that does not parse
+/// (yielding its error) or whose length would not advance.
+pub fn route_messages(
+    buf: &[u8],
+) -> impl Iterator<Item = io::Result<NetlinkMessage<RouteNetlinkMessage>>> + '_ {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest) {
+            Ok(msg) => {
+                // Messages are 4-byte aligned; a zero length would loop forever.
+                let step = (msg.header.length as usize + 3) & !3;
+                rest = if step == 0 || step > rest.len() {
+                    &[]
+                } else {
+                    &rest[step..]
+                };
+                Some(Ok(msg))
+            }
+            Err(e) => {
+                rest = &[];
+                Some(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("bad netlink message: {e}"),
+                )))
+            }
+        }
+    })
 }
 
 fn retry_eintr(mut f: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {

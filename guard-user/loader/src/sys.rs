@@ -11,87 +11,41 @@ use std::{
     path::Path,
 };
 
-use super::Hook;
+use aya_obj::generated::{
+    bpf_attach_type::{BPF_CGROUP_INET4_CONNECT, BPF_CGROUP_INET6_CONNECT},
+    bpf_attr, bpf_attr__bindgen_ty_5, bpf_attr__bindgen_ty_9, bpf_attr__bindgen_ty_10,
+    bpf_attr__bindgen_ty_10__bindgen_ty_1, bpf_attr__bindgen_ty_10__bindgen_ty_2, bpf_cmd,
+    bpf_link_info,
+    bpf_link_type::BPF_LINK_TYPE_CGROUP,
+};
 
-// Commands and attach types from include/uapi/linux/bpf.h (stable kernel ABI).
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-const BPF_PROG_QUERY: libc::c_long = 16;
-const BPF_CGROUP_INET4_CONNECT: u32 = 10;
-const BPF_CGROUP_INET6_CONNECT: u32 = 11;
-/// `BPF_LINK_TYPE_CGROUP`: the only link type whose info carries a cgroup id.
-const BPF_LINK_TYPE_CGROUP: u32 = 3;
+use super::Hook;
 
 impl Hook {
     /// The kernel's `enum bpf_attach_type` value of this hook.
     pub fn attach_type(self) -> u32 {
         match self {
-            Hook::Connect4 => BPF_CGROUP_INET4_CONNECT,
-            Hook::Connect6 => BPF_CGROUP_INET6_CONNECT,
+            Hook::Connect4 => BPF_CGROUP_INET4_CONNECT as u32,
+            Hook::Connect6 => BPF_CGROUP_INET6_CONNECT as u32,
         }
     }
 }
 
-/// `union bpf_attr` for BPF_OBJ_GET.
-#[repr(C)]
-#[derive(Default)]
-struct ObjGetAttr {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
-    path_fd: i32,
-    _pad: u32,
+/// An all-zero `union bpf_attr`: the kernel requires every byte it does not use to be zero.
+fn zeroed_attr() -> bpf_attr {
+    // SAFETY: bpf_attr is a C union of integer fields; all-zero is a valid value of each.
+    unsafe { std::mem::zeroed() }
 }
 
-/// `union bpf_attr` for BPF_OBJ_GET_INFO_BY_FD.
-#[repr(C)]
-#[derive(Default)]
-struct InfoAttr {
-    bpf_fd: u32,
-    info_len: u32,
-    info: u64,
-}
-
-/// `union bpf_attr` for BPF_PROG_QUERY (fields up to `revision`, kernel 6.6 layout; older
-/// kernels ignore the zeroed tail).
-#[repr(C)]
-#[derive(Default)]
-struct QueryAttr {
-    target_fd: u32,
-    attach_type: u32,
-    query_flags: u32,
-    attach_flags: u32,
-    prog_ids: u64,
-    prog_cnt: u32,
-    _pad: u32,
-    prog_attach_flags: u64,
-    link_ids: u64,
-    link_attach_flags: u64,
-    revision: u64,
-}
-
-/// `struct bpf_link_info` head plus its `cgroup` union member; the zeroed tail leaves room for
-/// the kernel's larger union members (it only checks that bytes it does not know are zero).
-#[repr(C)]
-struct LinkInfoRaw {
-    link_type: u32,
-    id: u32,
-    prog_id: u32,
-    _pad: u32,
-    cgroup_id: u64,
-    attach_type: u32,
-    _tail: [u8; 100],
-}
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a #[repr(C)] bpf_attr prefix of the given size; pointers inside it
-    // point to buffers that outlive the call.
+fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a whole `union bpf_attr` of the size given; pointers inside it point to
+    // buffers that outlive the call.
     let r = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            cmd,
+            cmd as libc::c_long,
             std::ptr::from_mut(attr),
-            std::mem::size_of::<T>() as libc::c_uint,
+            std::mem::size_of::<bpf_attr>() as libc::c_uint,
         )
     };
     if r < 0 {
@@ -105,11 +59,14 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
 pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut attr = ObjGetAttr {
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_4 = bpf_attr__bindgen_ty_5 {
         pathname: c.as_ptr() as u64,
-        ..Default::default()
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
     };
-    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    let fd = bpf(bpf_cmd::BPF_OBJ_GET, &mut attr)?;
     // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -127,29 +84,25 @@ pub struct CgroupLinkInfo {
 /// BPF_OBJ_GET_INFO_BY_FD on the link pinned at `path`; None if it is not a cgroup link.
 pub fn cgroup_link_info(path: &Path) -> io::Result<Option<CgroupLinkInfo>> {
     let fd = obj_get(path)?;
-    let mut info = LinkInfoRaw {
-        link_type: 0,
-        id: 0,
-        prog_id: 0,
-        _pad: 0,
-        cgroup_id: 0,
-        attach_type: 0,
-        _tail: [0; 100],
-    };
-    let mut attr = InfoAttr {
+    // SAFETY: bpf_link_info is a C struct/union of integers; all-zero is valid.
+    let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
+    let mut attr = zeroed_attr();
+    attr.info = bpf_attr__bindgen_ty_9 {
         bpf_fd: fd.as_raw_fd() as u32,
-        info_len: std::mem::size_of::<LinkInfoRaw>() as u32,
+        info_len: std::mem::size_of::<bpf_link_info>() as u32,
         info: std::ptr::from_mut(&mut info) as u64,
     };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    if info.link_type != BPF_LINK_TYPE_CGROUP {
+    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    if info.type_ != BPF_LINK_TYPE_CGROUP as u32 {
         return Ok(None);
     }
+    // SAFETY: the kernel filled the `cgroup` member: the link type says so.
+    let cgroup = unsafe { info.__bindgen_anon_1.cgroup };
     Ok(Some(CgroupLinkInfo {
         link_id: info.id,
         prog_id: info.prog_id,
-        cgroup_id: info.cgroup_id,
-        attach_type: info.attach_type,
+        cgroup_id: cgroup.cgroup_id,
+        attach_type: cgroup.attach_type,
     }))
 }
 
@@ -159,23 +112,31 @@ pub fn attached_programs(cgroup: &Path, hook: Hook) -> io::Result<Vec<u32>> {
     let dir = std::fs::File::open(cgroup)?;
     let mut ids = vec![0u32; 16];
     loop {
-        let mut attr = QueryAttr {
-            target_fd: dir.as_raw_fd() as u32,
+        // SAFETY: the query member is integers and pointers-as-integers; all-zero is valid.
+        let zero: bpf_attr__bindgen_ty_10 = unsafe { std::mem::zeroed() };
+        let mut attr = zeroed_attr();
+        attr.query = bpf_attr__bindgen_ty_10 {
+            __bindgen_anon_1: bpf_attr__bindgen_ty_10__bindgen_ty_1 {
+                target_fd: dir.as_raw_fd() as u32,
+            },
             attach_type: hook.attach_type(),
             prog_ids: ids.as_mut_ptr() as u64,
-            prog_cnt: ids.len() as u32,
-            ..Default::default()
+            __bindgen_anon_2: bpf_attr__bindgen_ty_10__bindgen_ty_2 {
+                prog_cnt: ids.len() as u32,
+            },
+            ..zero
         };
-        match bpf(BPF_PROG_QUERY, &mut attr) {
+        let result = bpf(bpf_cmd::BPF_PROG_QUERY, &mut attr);
+        // SAFETY: `query` is the member we filled and the kernel wrote back.
+        let count = unsafe { attr.query.__bindgen_anon_2.prog_cnt } as usize;
+        match result {
             Ok(_) => {
-                ids.truncate(attr.prog_cnt as usize);
+                ids.truncate(count);
                 return Ok(ids);
             }
             // The buffer was too small; prog_cnt now holds the real count.
-            Err(e)
-                if e.raw_os_error() == Some(libc::ENOSPC) && attr.prog_cnt as usize > ids.len() =>
-            {
-                ids = vec![0u32; attr.prog_cnt as usize];
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && count > ids.len() => {
+                ids = vec![0u32; count];
             }
             Err(e) => return Err(e),
         }
@@ -187,14 +148,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn attr_layouts_match_the_kernel() {
-        assert_eq!(std::mem::size_of::<ObjGetAttr>(), 24);
-        assert_eq!(std::mem::size_of::<InfoAttr>(), 16);
-        assert_eq!(std::mem::size_of::<QueryAttr>(), 64);
-        assert_eq!(std::mem::offset_of!(QueryAttr, prog_ids), 16);
-        assert_eq!(std::mem::offset_of!(QueryAttr, prog_cnt), 24);
-        assert_eq!(std::mem::offset_of!(LinkInfoRaw, cgroup_id), 16);
-        assert_eq!(std::mem::offset_of!(LinkInfoRaw, attach_type), 24);
+    fn attach_types_are_the_kernels() {
+        assert_eq!(Hook::Connect4.attach_type(), 10);
+        assert_eq!(Hook::Connect6.attach_type(), 11);
     }
 
     #[test]

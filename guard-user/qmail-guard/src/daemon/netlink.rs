@@ -3,12 +3,12 @@
 //! address was added to an existing link; this does, within microseconds.
 use std::io;
 
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
 use tokio::io::unix::AsyncFd;
 
-use ipme::is_local_route;
+use ipme::{is_local_route, route_messages};
 
 /// Large enough that a burst (a script adding hundreds of addresses) rarely overflows; an
 /// overflow is not fatal anyway: it triggers a full recompute.
@@ -80,12 +80,9 @@ impl NetlinkWatch {
 
 /// Whether a datagram of notifications holds an address change or a local route change.
 /// Anything unparsable counts as relevant: a needless recompute costs far less than a missed one.
-pub fn classify(mut buf: &[u8]) -> bool {
-    while !buf.is_empty() {
-        let msg = match NetlinkMessage::<RouteNetlinkMessage>::deserialize(buf) {
-            Ok(m) => m,
-            Err(_) => return true,
-        };
+pub fn classify(buf: &[u8]) -> bool {
+    for msg in route_messages(buf) {
+        let Ok(msg) = msg else { return true };
         match &msg.payload {
             NetlinkPayload::InnerMessage(
                 RouteNetlinkMessage::NewAddress(_) | RouteNetlinkMessage::DelAddress(_),
@@ -95,12 +92,6 @@ pub fn classify(mut buf: &[u8]) -> bool {
             ) if is_local_route(r) => return true,
             _ => {}
         }
-        // Messages are 4-byte aligned; a zero length would loop forever.
-        let step = (msg.header.length as usize + 3) & !3;
-        if step == 0 || step > buf.len() {
-            break;
-        }
-        buf = &buf[step..];
     }
     false
 }
@@ -108,7 +99,7 @@ pub fn classify(mut buf: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netlink_packet_core::NetlinkHeader;
+    use netlink_packet_core::{NetlinkHeader, NetlinkMessage};
     use netlink_packet_route::{
         address::AddressMessage,
         route::{RouteMessage, RouteType},
