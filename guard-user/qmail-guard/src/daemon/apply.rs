@@ -2,7 +2,7 @@
 //! (the daemon's job is to keep it in place, even after someone ran `detach --all`).
 use std::collections::BTreeSet;
 
-use guard_loader::{self as guard, GuardMaps, PinDir, SyncReport};
+use guard_loader::{self as guard, GuardError, GuardMaps, PinDir, PinLock, SyncReport, limits};
 use ipme::{Chain, IpmeSet};
 use tracing::{error, warn};
 
@@ -18,12 +18,22 @@ pub enum Applied {
     Failed,
 }
 
-pub fn apply(pins: &PinDir, set: &IpmeSet, ports: &BTreeSet<u16>) -> Applied {
-    let result = (|| {
-        let _lock = pins.lock()?;
+/// Writes `set`, which the caller computed while holding `lock` (lock, then compute: so the
+/// daemon never writes a set older than one `sync` or `attach` applied while it waited).
+/// A set over the maps' capacity is refused before anything is written.
+pub fn apply(
+    pins: &PinDir,
+    set: &IpmeSet,
+    ports: &BTreeSet<u16>,
+    lock: Result<PinLock, GuardError>,
+) -> Applied {
+    let result = lock.and_then(|lock| {
+        limits::check_capacity(set)?;
         let mut maps = GuardMaps::open(pins)?;
-        maps.sync(set)
-    })();
+        let r = maps.sync(set);
+        drop(lock);
+        r
+    });
     match result {
         Ok(r) => Applied::Synced(r),
         Err(e) if pins.maps_pinned() => Applied::Refused(Chain(&e).to_string()),

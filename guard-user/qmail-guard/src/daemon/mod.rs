@@ -217,7 +217,17 @@ impl Daemon {
         };
         daemon.report_input_errors(&computed.errors, true);
 
-        let report = guard::prepare(&daemon.pins, &daemon.set, &daemon.config.ports)?;
+        // Computed again under the lock: what another writer applied meanwhile is included.
+        let mut fresh = None;
+        let slot = &mut fresh;
+        let inputs = &mut daemon.inputs;
+        let report = guard::prepare_with(&daemon.pins, Some(&daemon.config.ports), move || {
+            let c = inputs.compute()?;
+            Ok::<_, GuardError>(&*slot.insert(c.set))
+        })?;
+        if let Some(set) = fresh {
+            daemon.set = set;
+        }
         info!(
             "maps ready in {}: {} entries ({} written, {} removed)",
             daemon.pins.root.display(),
@@ -349,8 +359,8 @@ impl Daemon {
             self.sources.control.ensure();
         }
         let inputs_changed = full || timer || net.relevant || net.overflow || ctl.changed;
-        if inputs_changed && self.recompute(ctl.changed) {
-            self.apply(full, woke);
+        if inputs_changed {
+            self.update(ctl.changed, full, woke);
         }
         if full || timer || cgroup_event {
             for f in self.ensure_targets(full) {
@@ -361,6 +371,15 @@ impl Daemon {
             self.reopen_log();
             self.write_state();
             notify::status(&self.status_line());
+        }
+    }
+
+    /// Lock, then compute, then write: the set is computed only once the pin directory's lock
+    /// is held, so it is never older than what another writer applied while we waited.
+    fn update(&mut self, control_changed: bool, always_record: bool, woke: Instant) {
+        let lock = self.pins.lock();
+        if self.recompute(control_changed) {
+            self.apply(always_record, woke, lock);
         }
     }
 
@@ -382,8 +401,13 @@ impl Daemon {
 
     /// Brings the pinned maps to the current set. If the pins vanished (someone ran
     /// `detach --all`), the guard is rebuilt and re-attached.
-    fn apply(&mut self, always_record: bool, woke: Instant) {
-        match apply::apply(&self.pins, &self.set, &self.config.ports) {
+    fn apply(
+        &mut self,
+        always_record: bool,
+        woke: Instant,
+        lock: Result<guard::PinLock, GuardError>,
+    ) {
+        match apply::apply(&self.pins, &self.set, &self.config.ports, lock) {
             Applied::Synced(r) => {
                 if self.apply_error.clear() {
                     info!("the maps accept updates again");
