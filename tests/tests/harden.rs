@@ -617,3 +617,61 @@ fn a_sync_that_waited_for_the_lock_applies_the_newest_set() {
         "the waiting sync lost the address"
     );
 }
+
+#[test]
+fn a_refusal_storm_logs_at_most_the_limit_per_second_and_counts_every_refusal() {
+    const STORM: u64 = 40_000;
+    const LIMIT: usize = 10;
+    let mh = scene::mail_host();
+    let g = Guard::new(&mh.host);
+    let d = Daemon::start(&g, mh.cgroup.path(), &["--log-rate", "10"]);
+    // Two seconds at 20 000 refusals per second, from inside the guarded cgroup.
+    let line = guard_tests::probe_line(
+        Some(&mh.cgroup),
+        &mh.host,
+        &["storm", "127.0.0.1", "25", &STORM.to_string(), "20000"],
+    );
+    assert_eq!(line, format!("refused {STORM} other 0"));
+    let counted = |g: &Guard| {
+        let st = g.status_json();
+        st["refused_v4"].as_u64().expect("refused_v4") + st["refused_v6"].as_u64().expect("v6")
+    };
+    assert_eq!(counted(&g), STORM, "the refusal counters are not exact");
+
+    let refusal = |l: &str| l.contains("refused pid=");
+    let suppressed = |l: &str| -> Option<u64> {
+        let rest = l.split("… ").nth(1)?;
+        rest.split(" more refusals suppressed").next()?.parse().ok()
+    };
+    // Lines shown plus the suppressed counts account for every refusal.
+    eventually("summaries covering the whole storm", || {
+        let lines = d.lines();
+        let shown = lines.iter().filter(|l| refusal(l)).count() as u64;
+        let hidden: u64 = lines.iter().filter_map(|l| suppressed(l)).sum();
+        shown + hidden == STORM
+    });
+    // Per wall-clock second (the log's timestamp up to the dot): at most LIMIT refusal
+    // lines and one summary.
+    let lines = d.lines();
+    let mut per_second: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    for l in &lines {
+        let second = l.split('.').next().unwrap_or_default().to_string();
+        let e = per_second.entry(second).or_default();
+        if refusal(l) {
+            e.0 += 1;
+        } else if suppressed(l).is_some() {
+            e.1 += 1;
+        }
+    }
+    for (second, (shown, summaries)) in &per_second {
+        assert!(
+            *shown <= LIMIT && *summaries <= 1,
+            "{second}: {shown} refusal lines, {summaries} summaries:\n{}",
+            lines.join("\n")
+        );
+    }
+    assert!(
+        lines.iter().filter(|l| suppressed(l).is_some()).count() >= 1,
+        "no summary line"
+    );
+}

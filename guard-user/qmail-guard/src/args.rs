@@ -76,6 +76,10 @@ pub enum Command {
         /// Remove the guard from the targets on SIGTERM/SIGINT instead of leaving it in force.
         #[arg(long)]
         detach_on_exit: bool,
+        /// At most N refusal log lines per second (0: none); the rest are summed up in one
+        /// line per second, `… N more refusals suppressed`.
+        #[arg(long, value_name = "N", default_value_t = crate::daemon::logs::DEFAULT_LOG_RATE)]
+        log_rate: u32,
         /// Period of the full resync behind the events, in seconds.
         #[arg(long, value_name = "N", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
         resync_secs: u64,

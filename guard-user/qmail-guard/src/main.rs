@@ -132,6 +132,7 @@ fn run(command: Command) -> Result<ExitCode> {
             pins,
             detach_on_exit,
             resync_secs,
+            log_rate,
             danger,
         } => {
             require_root("run", &pins.pin_dir)?;
@@ -146,6 +147,7 @@ fn run(command: Command) -> Result<ExitCode> {
                 pin_dir: pins.pin_dir,
                 detach_on_exit,
                 resync: std::time::Duration::from_secs(resync_secs),
+                log_rate,
             })?;
         }
         Command::Status { json, pins } => {

@@ -6,6 +6,8 @@
 //! guard-probe child-connect ADDR PORT   fork; the child connects    -> the child's line
 //! guard-probe listen ADDR PORT...       listen, accept forever      -> listening, accepted L P…
 //! guard-probe self                      where am I                  -> cgroup=PATH netns=INODE
+//! guard-probe storm ADDR PORT N [RATE]  N connects on one socket,   -> refused R other O
+//!                                       at most RATE per second
 //! guard-probe service ADDR PORT...      a service's main process: connects to each in order
 //!                                       first thing, then stays      -> ADDR PORT ok|errno…,
 //!                                                                       cgroup=…, ready
@@ -38,6 +40,10 @@ fn main() {
         ["child-connect", addr, port] => println!("{}", child_connect(sockaddr(addr, port))),
         ["listen", addr, ports @ ..] if !ports.is_empty() => listen(addr, ports),
         ["self"] => println!("{}", whereabouts()),
+        ["storm", addr, port, n] => println!("{}", storm(sockaddr(addr, port), n, None)),
+        ["storm", addr, port, n, rate] => {
+            println!("{}", storm(sockaddr(addr, port), n, Some(rate)))
+        }
         ["service", pairs @ ..] if !pairs.is_empty() && pairs.len() % 2 == 0 => service(pairs),
         _ => die(
             "usage: guard-probe connect|tfo|child-connect ADDR PORT | listen ADDR PORT... | self | service ADDR PORT [ADDR PORT]...",
@@ -87,6 +93,42 @@ fn connect(addr: SocketAddr) -> io::Result<()> {
     // The cgroup connect hook runs synchronously inside connect(2), so a refusal is reported
     // at once even through the non-blocking connect that connect_timeout uses.
     tcp_socket(&addr)?.connect_timeout(&SockAddr::from(addr), TIMEOUT)
+}
+
+/// A refusal storm: `n` connects to a refused destination on one socket (a connect the guard
+/// refuses leaves the socket unconnected, so it can try again), paced to `rate` per second.
+fn storm(addr: SocketAddr, n: &str, rate: Option<&str>) -> String {
+    let n: u64 = n
+        .parse()
+        .unwrap_or_else(|_| die("storm: N must be a number"));
+    let rate: Option<u64> = rate.map(|r| {
+        r.parse()
+            .unwrap_or_else(|_| die("storm: RATE must be a number"))
+    });
+    let s = tcp_socket(&addr).unwrap_or_else(|e| die(&format!("socket: {e}")));
+    let sa = SockAddr::from(addr);
+    let start = std::time::Instant::now();
+    let (mut refused, mut other) = (0u64, 0u64);
+    for i in 0..n {
+        if let Some(r) = rate.filter(|&r| r > 0) {
+            // Pace: connect number i not before i/r seconds.
+            let due = Duration::from_nanos(i.saturating_mul(1_000_000_000) / r);
+            // Sleeping is coarse: only when a millisecond ahead, then in a burst.
+            if let Some(wait) = due.checked_sub(start.elapsed())
+                && wait > Duration::from_millis(1)
+            {
+                thread::sleep(wait);
+            }
+        }
+        match s.connect(&sa) {
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => refused += 1,
+            _ => other += 1,
+        }
+        if other > 0 {
+            break;
+        }
+    }
+    format!("refused {refused} other {other}")
 }
 
 fn fast_open(addr: SocketAddr) -> io::Result<()> {

@@ -7,7 +7,14 @@
 use std::{
     io,
     panic::{AssertUnwindSafe, catch_unwind},
+    sync::{
+        Arc,
+        atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
+
+use guard_loader::{GuardMaps, PinDir};
 
 use aya_log::EbpfLogger;
 use tokio::io::{Interest, unix::AsyncFd};
@@ -47,8 +54,33 @@ pub fn init_logging() {
     let _ = result;
 }
 
-/// Forwards aya-log records (the `log` crate) to `tracing`, at their own level.
-pub struct Forward;
+/// Default of `--log-rate`: refusal lines per second.
+pub const DEFAULT_LOG_RATE: u32 = 10;
+
+/// The lines the current second may still show, shared with [`Forward`] (which the ring
+/// buffer reader owns, so it must be Sync).
+#[derive(Debug, Default)]
+pub struct Budget {
+    remaining: AtomicU32,
+    /// Lines shown since the reader was opened.
+    shown: AtomicU64,
+    /// Records read but not shown since the last summary.
+    discarded: AtomicU64,
+}
+
+impl Budget {
+    fn take(&self) -> bool {
+        self.remaining
+            .try_update(Relaxed, Relaxed, |r| r.checked_sub(1))
+            .is_ok()
+    }
+}
+
+/// Forwards aya-log records (the `log` crate) to `tracing`, at their own level, while the
+/// budget lasts; beyond it a record is only counted, not even formatted.
+pub struct Forward {
+    budget: Arc<Budget>,
+}
 
 impl log::Log for Forward {
     fn enabled(&self, _: &log::Metadata<'_>) -> bool {
@@ -56,6 +88,11 @@ impl log::Log for Forward {
     }
 
     fn log(&self, record: &log::Record<'_>) {
+        if !self.budget.take() {
+            self.budget.discarded.fetch_add(1, Relaxed);
+            return;
+        }
+        self.budget.shown.fetch_add(1, Relaxed);
         let msg = sanitize(&record.args().to_string());
         match record.level() {
             log::Level::Error => tracing::event!(target: REFUSAL_TARGET, Level::ERROR, "{msg}"),
@@ -84,22 +121,65 @@ pub fn sanitize(msg: &str) -> String {
     out
 }
 
-/// The refusal log reader of one loaded program set.
+/// The refusal log reader of one loaded program set, at most `limit` lines per second.
+///
+/// A refusal storm must not cost the daemon a core nor flood the journal: once a second's
+/// lines are used up, the reader stops reading the ring buffer until the next second (the
+/// kernel then drops records cheaply when the ring is full; its refusal counters stay exact).
+/// At the second's end it empties the ring without formatting and logs one summary,
+/// `… N more refusals suppressed`, where N comes from the STATS counters, so lines plus
+/// summaries account for every refusal. Seconds are wall-clock seconds, so no clock second
+/// holds more than `limit` refusal lines and one summary.
 pub struct RefusalLog {
     fd: AsyncFd<EbpfLogger<Forward>>,
     program_id: u32,
+    budget: Arc<Budget>,
+    limit: u32,
+    /// End of the current second (wall clock, as a monotonic deadline).
+    window_end: tokio::time::Instant,
+    /// The budget ran out: the ring is not read until `window_end`.
+    paused: bool,
+    /// The STATS map, for the exact count of suppressed refusals.
+    stats: Option<GuardMaps>,
+    /// Refusals counted by STATS when the reader was opened.
+    baseline: u64,
+    /// Refusals already reported as suppressed.
+    reported: u64,
 }
 
 impl RefusalLog {
     /// Attaches to the `AYA_LOGS` ring buffer referenced by program `program_id`.
-    pub fn open(program_id: u32) -> Result<Self, String> {
-        let logger = EbpfLogger::init_from_id_with_logger(program_id, Forward)
+    pub fn open(program_id: u32, pins: &PinDir, limit: u32) -> Result<Self, String> {
+        let budget = Arc::new(Budget::default());
+        let forward = Forward {
+            budget: Arc::clone(&budget),
+        };
+        let logger = EbpfLogger::init_from_id_with_logger(program_id, forward)
             .map_err(|e| format!("cannot read the refusal log of program {program_id}: {e}"))?;
         let fd = super::fd::register_with_interest(logger, Interest::READABLE)
             .map_err(|e| format!("cannot poll the refusal log: {e}"))?;
-        let mut log = RefusalLog { fd, program_id };
-        // Records written while no daemon ran are still in the ring: report them now.
-        log.flush();
+        let mut log = RefusalLog {
+            fd,
+            program_id,
+            budget,
+            limit,
+            window_end: next_second(),
+            paused: false,
+            stats: GuardMaps::open(pins).ok(),
+            baseline: 0,
+            reported: 0,
+        };
+        // Records written while no daemon ran are still in the ring: report them now, the
+        // ones beyond the budget as a count.
+        log.budget.remaining.store(limit, Relaxed);
+        log.read_ring();
+        let before = log.budget.discarded.swap(0, Relaxed);
+        if before > 0 {
+            suppressed_line(before, limit);
+        }
+        log.baseline = log.counted().unwrap_or(0);
+        log.budget.shown.store(0, Relaxed);
+        log.paused = log.budget.remaining.load(Relaxed) == 0;
         Ok(log)
     }
 
@@ -107,14 +187,70 @@ impl RefusalLog {
         self.program_id
     }
 
+    /// Ready when records wait, or, while paused, when the second is over.
     pub async fn readable(&self) -> io::Result<()> {
+        if self.paused {
+            tokio::time::sleep_until(self.window_end).await;
+            return Ok(());
+        }
         let mut guard = self.fd.readable().await?;
         guard.clear_ready();
         Ok(())
     }
 
-    /// Emits every queued record.
+    /// Emits queued records within this second's budget; at a second's end, the summary.
     pub fn flush(&mut self) {
+        if tokio::time::Instant::now() >= self.window_end {
+            self.next_window();
+        }
+        if !self.paused {
+            self.read_ring();
+            self.paused = self.budget.remaining.load(Relaxed) == 0;
+        }
+    }
+
+    /// At exit: the last summary, if one is due.
+    pub fn finish(&mut self) {
+        self.flush();
+        if self.paused {
+            self.summarize();
+        }
+    }
+
+    fn next_window(&mut self) {
+        if self.paused {
+            self.summarize();
+        }
+        self.budget.remaining.store(self.limit, Relaxed);
+        self.paused = false;
+        self.window_end = next_second();
+    }
+
+    /// Empties the ring without showing anything, then reports what was not shown.
+    fn summarize(&mut self) {
+        self.budget.remaining.store(0, Relaxed);
+        self.read_ring();
+        let discarded = self.budget.discarded.swap(0, Relaxed);
+        let n = match self.counted() {
+            Some(c) => c
+                .saturating_sub(self.baseline)
+                .saturating_sub(self.budget.shown.load(Relaxed) + self.reported),
+            // Without STATS only the records read are known (the kernel may have dropped more).
+            None => discarded,
+        };
+        if n > 0 {
+            self.reported += n;
+            suppressed_line(n, self.limit);
+        }
+    }
+
+    /// Refusals counted by the programs (both families), if STATS is readable.
+    fn counted(&self) -> Option<u64> {
+        let s = self.stats.as_ref()?.stats().ok()?;
+        Some(s.refused_v4 + s.refused_v6)
+    }
+
+    fn read_ring(&mut self) {
         let logger = self.fd.get_mut();
         // aya-log unwraps on a malformed record; one bad record must not kill the daemon that
         // keeps the guard current.
@@ -122,6 +258,23 @@ impl RefusalLog {
             tracing::error!("dropped a malformed refusal log record");
         }
     }
+}
+
+fn suppressed_line(n: u64, limit: u32) {
+    tracing::event!(
+        target: REFUSAL_TARGET,
+        Level::INFO,
+        "… {n} more refusals suppressed (at most {limit} refusal lines per second, --log-rate; `qmail-guard status` counts every refusal)"
+    );
+}
+
+/// The next whole second of the wall clock, as a deadline of the monotonic clock.
+fn next_second() -> tokio::time::Instant {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = Duration::from_secs(1) - Duration::from_nanos(u64::from(since.subsec_nanos()));
+    tokio::time::Instant::now() + left
 }
 
 #[cfg(test)]
@@ -135,5 +288,26 @@ mod tests {
             "refused pid=1 comm=qmail-remote dst=192.0.2.1:25 source=interface"
         );
         assert_eq!(sanitize("comm=a\nb\x1b[31m"), "comm=a\\nb\\u{1b}[31m");
+    }
+
+    #[test]
+    fn budget_counts_down_and_refuses_at_zero() {
+        let b = Budget::default();
+        b.remaining.store(2, Relaxed);
+        assert!(b.take() && b.take());
+        assert!(!b.take());
+        assert_eq!(b.remaining.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn windows_end_on_whole_seconds() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let left = next_second() - tokio::time::Instant::now();
+            assert!(left <= Duration::from_secs(1));
+        });
     }
 }

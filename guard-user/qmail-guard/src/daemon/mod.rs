@@ -79,6 +79,8 @@ pub struct Config {
     pub detach_on_exit: bool,
     /// Period of the full resync.
     pub resync: Duration,
+    /// Refusal log lines per second; the rest are counted in one summary line per second.
+    pub log_rate: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -486,7 +488,7 @@ impl Daemon {
             return;
         }
         // Both programs of one load share one ring buffer, so one reader covers both.
-        match RefusalLog::open(id) {
+        match RefusalLog::open(id, &self.pins, self.config.log_rate) {
             Ok(l) => self.sources.log = Some(l),
             Err(e) => {
                 warn!("{e}; refusals are counted (status) but not logged");
@@ -521,7 +523,7 @@ impl Daemon {
     fn shutdown(&mut self) {
         notify::stopping();
         if let Some(l) = self.sources.log.as_mut() {
-            l.flush();
+            l.finish();
         }
         if !self.config.detach_on_exit {
             info!(
