@@ -17,6 +17,7 @@ mod plan;
 mod sink;
 mod stats;
 mod stock;
+mod storm;
 mod strace;
 mod table;
 mod tls;
@@ -41,9 +42,9 @@ pub struct Options {
     /// A smoke run: few rounds, no 1M sets (a minute; numbers not for publishing).
     #[arg(long)]
     quick: bool,
-    /// Run only these sections (repeatable): connect, update, delivery, tls, nat. The others
+    /// Run only these sections (repeatable): connect, update, delivery, tls, nat, storm. The others
     /// appear as "not run"; bench/results.md is then not overwritten.
-    #[arg(long, value_name = "SECTION", value_parser = ["connect", "update", "delivery", "tls", "nat"])]
+    #[arg(long, value_name = "SECTION", value_parser = ["connect", "update", "delivery", "tls", "nat", "storm"])]
     only: Vec<String>,
     /// Also measure this qmail-remote (e.g. a TLS-patched C build) side by side with ours,
     /// interleaved, in every qmail-remote row; without it the stock rows are quoted figures.
@@ -137,6 +138,16 @@ pub fn run(o: &Options) -> Result<()> {
     } else {
         skipped()
     };
+    let storm = if wanted("storm") {
+        section("the daemon under a refusal storm")?;
+        keep(
+            &mut failed,
+            "storm",
+            storm::run(&qmail_guard, &bins.path("guard-probe")?),
+        )
+    } else {
+        skipped()
+    };
     // A section cut short by Ctrl-C has already cleaned up; no table for a partial run.
     if interrupt::interrupted() {
         bail!("interrupted; everything the benchmark created has been removed");
@@ -152,6 +163,7 @@ pub fn run(o: &Options) -> Result<()> {
         tls,
         stock_measured: stock_bin.is_some(),
         nat,
+        storm,
     };
     let md = table::render(&all);
     println!("\n{md}");

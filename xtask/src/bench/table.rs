@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use super::delivery::Figures;
 use super::plan::Plan;
-use super::{connect, natloop, tls, update};
+use super::{connect, natloop, storm, tls, update};
 
 mod connect_tables;
 mod delivery_table;
 mod nat_table;
+mod storm_table;
 mod tls_table;
 mod update_table;
 
@@ -28,6 +29,7 @@ pub struct All {
     /// `--stock-qmail-remote` was given: stock rows are measured, not quoted.
     pub stock_measured: bool,
     pub nat: Section<natloop::Results>,
+    pub storm: Section<Option<storm::Results>>,
 }
 
 /// One target's verdict row.
@@ -67,6 +69,7 @@ pub fn render(a: &All) -> String {
     delivery_table::render(&mut s, a, &mut targets);
     tls_table::render(&mut s, a, &mut targets);
     nat_table::render(&mut s, a);
+    storm_table::render(&mut s, a, &mut targets);
     let _ = writeln!(s, "## Targets\n");
     let _ = writeln!(s, "| target | measured | verdict |\n|---|---|---|");
     for t in targets {

@@ -95,10 +95,10 @@ pub fn run(plan: &Plan, client: &Path, qmail_guard: &Path) -> Result<Option<Resu
 }
 
 /// A qmail home with an empty control/, removed on drop.
-struct TempHome(PathBuf);
+pub(super) struct TempHome(pub(super) PathBuf);
 
 impl TempHome {
-    fn new(role: &str) -> Result<TempHome> {
+    pub(super) fn new(role: &str) -> Result<TempHome> {
         let p = std::env::temp_dir().join(names::name(role));
         std::fs::create_dir_all(p.join("control"))
             .with_context(|| format!("cannot create {}", p.display()))?;
