@@ -220,3 +220,73 @@ fn check_agrees_with_the_kernel() {
     assert!(kernel_refused > 0 && kernel_refused < 2 * addrs.len());
     assert!(disagreements.is_empty(), "{}", disagreements.join("\n"));
 }
+
+/// Under `ip netns exec` (which mounts a fresh /sys) the cgroup exists but cannot be seen: the
+/// error must say so, on one line, instead of claiming the cgroup does not exist.
+#[test]
+fn attach_under_ip_netns_exec_names_the_cause() {
+    let mh = scene::mail_host();
+    let g = Guard::new(&mh.host);
+    let qmail_guard = guard_tests::bins::bin_path("qmail-guard");
+    let out = mh.host.run(&[
+        qmail_guard.to_str().unwrap(),
+        "attach",
+        "--cgroup",
+        mh.cgroup.path().to_str().unwrap(),
+        "--pin-dir",
+        g.pin_dir().to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("ip netns exec") && !stderr.contains("does not exist"),
+        "{stderr}"
+    );
+    assert!(!g.pin_dir().exists(), "nothing may be pinned: {stderr}");
+}
+
+/// qmail running in its own network namespace: attach still guards the cgroup, but warns that
+/// the set was computed from another namespace's interfaces and routes.
+#[test]
+fn attach_warns_when_the_cgroup_lives_in_another_network_namespace() {
+    let mh = scene::mail_host();
+    let g = Guard::new(&mh.host);
+    let other = guard_tests::Netns::new(&unique_name());
+    let mut member = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}; exec ip netns exec {} sleep 30",
+            mh.cgroup.path().join("cgroup.procs").display(),
+            other.name()
+        ))
+        .spawn()
+        .unwrap();
+    // Wait until the member has entered the other namespace.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let own = std::fs::metadata("/proc/self/ns/net").unwrap();
+    use std::os::unix::fs::MetadataExt as _;
+    while mh
+        .cgroup
+        .pids()
+        .iter()
+        .all(|p| std::fs::metadata(format!("/proc/{p}/ns/net")).is_ok_and(|m| m.ino() == own.ino()))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "member never entered {}",
+            other.name()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = g.attach_ports(mh.cgroup.path(), &[]);
+    let _ = member.kill();
+    let _ = member.wait();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("lives in another network namespace"),
+        "no warning: {stderr}"
+    );
+    assert_eq!(bpftool::connect_hook_counts(mh.cgroup.path()), (1, 1));
+}

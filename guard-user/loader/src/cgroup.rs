@@ -18,6 +18,10 @@ pub enum CgroupError {
         "no cgroup2 filesystem is mounted (none in /proc/self/mountinfo); mount one with `mount -t cgroup2 none /sys/fs/cgroup`"
     )]
     NoCgroup2,
+    #[error(
+        "{}: this process does not see the host's cgroup2 filesystem at {} (`ip netns exec` mounts a new /sys, which hides it); run qmail-guard without `ip netns exec`, e.g. `nsenter --net=/run/netns/NAME qmail-guard …`", .0.display(), .1.display()
+    )]
+    HiddenCgroupfs(PathBuf, PathBuf),
     #[error("cannot read /proc/self/mountinfo")]
     Mountinfo(#[source] std::io::Error),
     #[error(
@@ -55,12 +59,28 @@ pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
         .ok_or(CgroupError::NoCgroup2)
 }
 
+/// The host's cgroup2 mount holding `path` when this process cannot see it: init (pid 1)
+/// has it mounted, we do not (`ip netns exec` unshares the mount namespace and mounts a fresh
+/// /sys over the host's). None when we see what init sees, or init's mounts are unreadable.
+fn hidden_cgroup2_mount(path: &Path) -> Option<PathBuf> {
+    let init = fs::read_to_string("/proc/1/mountinfo").ok()?;
+    let host = guard_mountinfo::parse(&init)
+        .into_iter()
+        .find(|m| m.fstype == "cgroup2")?
+        .mount_point;
+    let ours = guard_mountinfo::cgroup2_mount().ok()?;
+    (path.starts_with(&host) && ours.as_ref() != Some(&host)).then_some(host)
+}
+
 impl Cgroup {
     /// Validates that `path` is an existing directory on a cgroup2 filesystem.
     pub fn from_path(path: &Path) -> Result<Self, CgroupError> {
         let meta = match fs::metadata(path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(host) = hidden_cgroup2_mount(path) {
+                    return Err(CgroupError::HiddenCgroupfs(path.to_path_buf(), host));
+                }
                 return Err(CgroupError::Missing(path.to_path_buf()));
             }
             Err(e) => return Err(CgroupError::Stat(path.to_path_buf(), e)),
@@ -74,6 +94,17 @@ impl Cgroup {
             path: path.to_path_buf(),
             id: meta.ino(),
         })
+    }
+
+    /// A process of this cgroup whose network namespace is not ours, if any: the ipme set is
+    /// computed from the calling process's interfaces and routes, which are then not theirs.
+    pub fn member_in_other_netns(&self) -> Option<u32> {
+        let ours = fs::metadata("/proc/self/ns/net").ok()?.ino();
+        let procs = fs::read_to_string(self.path.join("cgroup.procs")).ok()?;
+        procs
+            .lines()
+            .filter_map(|l| l.trim().parse::<u32>().ok())
+            .find(|pid| fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| m.ino() != ours))
     }
 
     /// Refuses the root of the cgroup2 hierarchy (every process on the host) unless `allow`.

@@ -96,6 +96,12 @@ fn run(command: Command) -> Result<ExitCode> {
                 ports.join(" "),
                 pins.root.display()
             );
+            if let Some(pid) = cg.member_in_other_netns() {
+                eprintln!(
+                    "qmail-guard: warning: process {pid} in {} lives in another network namespace; the set was computed from this one's interfaces and routes: run attach in that namespace (e.g. `nsenter --net=/proc/{pid}/ns/net qmail-guard attach …`)",
+                    cg.path.display()
+                );
+            }
         }
         Command::Detach {
             target: DetachTarget { cgroup, unit, all },
