@@ -290,3 +290,48 @@ fn attach_warns_when_the_cgroup_lives_in_another_network_namespace() {
     );
     assert_eq!(bpftool::connect_hook_counts(mh.cgroup.path()), (1, 1));
 }
+
+/// `status --json` prints one JSON document in every case: not attached, attached, and on an
+/// error, so a monitoring script never has to parse anything else.
+#[test]
+fn status_json_is_one_document_attached_or_not_or_failing() {
+    let mh = scene::mail_host();
+    let g = Guard::new(&mh.host);
+    scene::write_control(&g);
+
+    let before = g.status_json();
+    assert_eq!(before["attached"], false, "before attach: {before}");
+    assert!(
+        before["error"].is_null(),
+        "not attached is no error: {before}"
+    );
+
+    g.attach(&mh.cgroup);
+    let after = g.status_json();
+    assert_eq!(after["attached"], true, "after attach: {after}");
+    assert!(after["error"].is_null(), "{after}");
+    assert_eq!(
+        after["attachments"].as_array().map(Vec::len),
+        Some(2),
+        "{after}"
+    );
+
+    // A pin directory below a regular file cannot even be examined: still one document.
+    g.write_control("not-a-dir", "");
+    let bad = g.home().join("control/not-a-dir/pins");
+    let out = guard_tests::cmd::output(
+        std::process::Command::new(guard_tests::bins::bin_path("qmail-guard"))
+            .args(["status", "--json", "--pin-dir"])
+            .arg(&bad),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!("status --json on an error printed invalid JSON ({e}): {stdout}")
+    });
+    assert_eq!(out.status.code(), Some(1), "{doc}");
+    assert_eq!(doc["attached"], false, "{doc}");
+    let err = doc["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error text: {doc}"));
+    assert!(err.contains("not-a-dir"), "the error names the path: {err}");
+}

@@ -22,6 +22,8 @@ pub struct Attachment {
 
 #[derive(Debug, Serialize)]
 pub struct Status {
+    /// At least one live link: the guard is in force for some cgroup.
+    pub attached: bool,
     pub pin_dir: String,
     pub attachments: Vec<Attachment>,
     pub ports: Vec<u16>,
@@ -57,7 +59,7 @@ pub fn status(pins: &PinDir) -> Result<Status, GuardError> {
         *by_source.entry(guard_common::tag::name(*tag)).or_insert(0) += 1;
     }
     let stats = maps.stats()?;
-    let attachments = pins
+    let attachments: Vec<Attachment> = pins
         .pinned_links()
         .into_iter()
         .map(|(cgroup_id, hook, path)| {
@@ -82,6 +84,7 @@ pub fn status(pins: &PinDir) -> Result<Status, GuardError> {
         input_error: d.input_error,
     });
     Ok(Status {
+        attached: attachments.iter().any(|a| a.link_id.is_some()),
         last_sync: st.last_sync,
         daemon,
         pin_dir: pins.root.display().to_string(),

@@ -156,14 +156,10 @@ fn run(command: Command) -> Result<ExitCode> {
                 log_rate,
             })?;
         }
-        Command::Status { json, pins } => {
+        Command::Status { json: true, pins } => return Ok(status_json(&pins.pin_dir)),
+        Command::Status { json: false, pins } => {
             require_root("status", &pins.pin_dir)?;
-            let st = guard::status(&PinDir::new(pins.pin_dir))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&st)?);
-            } else {
-                println!("{st}");
-            }
+            println!("{}", guard::status(&PinDir::new(pins.pin_dir))?);
         }
         Command::Print { home } => {
             let set = IpmeSet::load(&home.dir())?;
@@ -179,6 +175,42 @@ fn run(command: Command) -> Result<ExitCode> {
         } => return check(addr, port, &home.dir(), &PinDir::new(pins.pin_dir)),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `status --json`: exactly one JSON document on stdout whatever happens, so a monitoring
+/// script always has something to parse. Not attached is a state (exit 0); any other failure
+/// is reported in `error` (exit 1), never as text beside the document.
+fn status_json(pin_dir: &std::path::Path) -> ExitCode {
+    let pins = PinDir::new(pin_dir.to_path_buf());
+    let result = require_root("status", pin_dir).and_then(|()| match guard::status(&pins) {
+        Ok(st) => Ok(Some(serde_json::to_value(&st)?)),
+        Err(GuardError::NotAttached(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    });
+    let (doc, code) = match result {
+        Ok(Some(mut doc)) => {
+            doc["error"] = serde_json::Value::Null;
+            (doc, ExitCode::SUCCESS)
+        }
+        Ok(None) => (
+            serde_json::json!({
+                "attached": false,
+                "pin_dir": pin_dir.display().to_string(),
+                "error": null,
+            }),
+            ExitCode::SUCCESS,
+        ),
+        Err(e) => (
+            serde_json::json!({
+                "attached": false,
+                "pin_dir": pin_dir.display().to_string(),
+                "error": format!("{e:#}"),
+            }),
+            ExitCode::from(1),
+        ),
+    };
+    println!("{doc:#}");
+    code
 }
 
 /// `run`'s targets, as far as they can be resolved now: none may be the cgroup2 root unless
