@@ -36,6 +36,8 @@ pub mod tag {
     pub const LOCAL_ROUTE: u32 = 4;
     /// A `control/moreipme` entry.
     pub const MOREIPME: u32 = 5;
+    /// An address learned from a loop qmail-remote detected (its peer greeted with our name).
+    pub const LEARNED: u32 = 6;
 
     /// Short name of a tag, as printed by `qmail-guard print` and in refusal logs.
     pub const fn name(tag: u32) -> &'static str {
@@ -45,6 +47,7 @@ pub mod tag {
             INTERFACE => "interface",
             LOCAL_ROUTE => "local-route",
             MOREIPME => "moreipme",
+            LEARNED => "learned",
             _ => "unknown",
         }
     }

@@ -15,6 +15,7 @@ pub mod errno;
 pub mod exim_prefix;
 pub mod guard;
 pub mod listener;
+pub mod loop_scene;
 pub mod machine;
 pub mod machine_image;
 pub use guard_mountinfo as mountinfo;

@@ -10,11 +10,14 @@
 //! priority builtin > interface > local route > moreipme. `::ffff:a.b.c.d` is looked up as IPv4.
 //!
 //! Submodules, one job each: `control` (the control-file parser), `sources` (interfaces and
-//! local routes from the kernel), `set` (computation and lookup), `home` (the qmail home), `error`.
+//! local routes from the kernel), `set` (computation and lookup), `home` (the qmail home),
+//! `learn` (addresses learned from detected loops: the spool entry and the store formats),
+//! `error`.
 
 mod control;
 mod error;
 mod home;
+pub mod learn;
 mod set;
 mod sources;
 
@@ -44,6 +47,9 @@ pub enum Source {
     MoreIpme { line: usize },
     /// A `control/notipme` line (1-based): an exception, *not* me.
     NotIpme { line: usize },
+    /// An address qmail-remote found to be this host (its SMTP server greeted with our own
+    /// name), learned through the spool; `at` is when it was last seen (Unix seconds).
+    Learned { at: u64 },
 }
 
 impl Source {
@@ -55,6 +61,7 @@ impl Source {
             Source::LocalRoute { .. } => "local-route",
             Source::MoreIpme { .. } => "moreipme",
             Source::NotIpme { .. } => "notipme",
+            Source::Learned { .. } => "learned",
         }
     }
 
@@ -65,7 +72,7 @@ impl Source {
 
     /// Which entry survives when several sources name the same prefix: lower wins.
     /// notipme first (0.6: ties go to "not me"), then builtin > interface > local route >
-    /// moreipme, so the most fundamental reason is the one shown.
+    /// moreipme > learned, so the most fundamental reason is the one shown.
     fn precedence(&self) -> u8 {
         match self {
             Source::NotIpme { .. } => 0,
@@ -73,6 +80,7 @@ impl Source {
             Source::Interface { .. } => 2,
             Source::LocalRoute { .. } => 3,
             Source::MoreIpme { .. } => 4,
+            Source::Learned { .. } => 5,
         }
     }
 
@@ -89,6 +97,8 @@ impl Source {
                 }
                 (MoreIpme { line: a }, MoreIpme { line: b })
                 | (NotIpme { line: a }, NotIpme { line: b }) => a.cmp(b),
+                // The most recent sighting is the one to show.
+                (Learned { at: a }, Learned { at: b }) => b.cmp(a),
                 _ => std::cmp::Ordering::Equal,
             })
     }
@@ -104,6 +114,7 @@ impl fmt::Display for Source {
             }
             Source::MoreIpme { line } => write!(f, "{}:{line}", ControlKind::MoreIpme.file()),
             Source::NotIpme { line } => write!(f, "{}:{line}", ControlKind::NotIpme.file()),
+            Source::Learned { at } => write!(f, "learned {}", learn::rfc3339(*at)),
         }
     }
 }
@@ -132,6 +143,8 @@ pub struct Inputs {
     pub local_routes: Vec<LocalRoute>,
     pub moreipme: Vec<Entry>,
     pub notipme: Vec<Entry>,
+    /// Learned addresses ([`learn`]), each a single host with [`Source::Learned`].
+    pub learned: Vec<Entry>,
 }
 
 /// Which control file.
@@ -159,14 +172,24 @@ impl ControlKind {
     }
 }
 
-/// All four inputs: interfaces, local routes, `control/moreipme`, `control/notipme`.
+/// qmail's own inputs: interfaces, local routes, `control/moreipme`, `control/notipme` (what
+/// qmail-remote's loop rule uses; no learned addresses: those the kernel enforces).
 pub fn gather(qmail_home: &Path) -> Result<Inputs, IpmeError> {
     Ok(Inputs {
         interfaces: interfaces()?,
         local_routes: local_routes()?,
         moreipme: read_control(qmail_home, ControlKind::MoreIpme)?,
         notipme: read_control(qmail_home, ControlKind::NotIpme)?,
+        learned: Vec::new(),
     })
+}
+
+/// Everything the guard enforces: [`gather`] plus the learned addresses that have not expired
+/// at `now` (Unix seconds).
+pub fn gather_guarded(qmail_home: &Path, now: u64) -> Result<Inputs, IpmeError> {
+    let mut inputs = gather(qmail_home)?;
+    inputs.learned = learn::Store::read(qmail_home)?.entries(now);
+    Ok(inputs)
 }
 
 /// One spelling per prefix: `::ffff:a.b.c.d/96+N` becomes `a.b.c.d/N`, because lookups (here
@@ -209,6 +232,10 @@ mod tests {
             "control/moreipme:3"
         );
         assert_eq!(Source::NotIpme { line: 2 }.to_string(), "control/notipme:2");
+        assert_eq!(
+            Source::Learned { at: 1_764_165_184 }.to_string(),
+            "learned 2025-11-26T13:53:04Z"
+        );
     }
 
     #[test]

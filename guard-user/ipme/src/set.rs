@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use super::{Entry, Inputs, IpNet, IpmeError, Ipv4Net, Ipv6Net, Source, canonical_net, gather};
+use super::{
+    Entry, Inputs, IpNet, IpmeError, Ipv4Net, Ipv6Net, Source, canonical_net, gather,
+    gather_guarded,
+};
 
 /// Always "me": the kernel sends connections to 0.0.0.0 (and 0/8 on some paths), `::` and
 /// loopback to this host.
@@ -40,7 +43,8 @@ impl IpmeSet {
                 + inputs.interfaces.len()
                 + inputs.local_routes.len()
                 + inputs.moreipme.len()
-                + inputs.notipme.len(),
+                + inputs.notipme.len()
+                + inputs.learned.len(),
         );
         all.extend(builtin_nets().map(|net| Entry {
             net,
@@ -61,7 +65,12 @@ impl IpmeSet {
                 },
             });
         }
-        for e in inputs.moreipme.iter().chain(&inputs.notipme) {
+        for e in inputs
+            .moreipme
+            .iter()
+            .chain(&inputs.notipme)
+            .chain(&inputs.learned)
+        {
             all.push(Entry {
                 net: canonical_net(e.net),
                 source: e.source.clone(),
@@ -99,9 +108,20 @@ impl IpmeSet {
         }
     }
 
-    /// Gather the inputs from this host and `qmail_home`, then compute.
+    /// Gather qmail's inputs from this host and `qmail_home` (no learned addresses), then
+    /// compute: the set qmail-remote's loop rule uses.
     pub fn load(qmail_home: &Path) -> Result<IpmeSet, IpmeError> {
         Ok(Self::compute(&gather(qmail_home)?))
+    }
+
+    /// The set the kernel guard enforces: [`IpmeSet::load`] plus the learned addresses that
+    /// have not expired. Everything that writes the maps uses this, so no writer ever drops
+    /// the learned entries.
+    pub fn load_guarded(qmail_home: &Path) -> Result<IpmeSet, IpmeError> {
+        Ok(Self::compute(&gather_guarded(
+            qmail_home,
+            crate::learn::now_unix(),
+        )?))
     }
 
     /// All entries, one per prefix, sorted (IPv4 first, then by address and prefix length).
@@ -295,6 +315,7 @@ mod tests {
                 more(6, "::1/128"),
             ],
             notipme: vec![],
+            learned: vec![],
         };
         let set = IpmeSet::compute(&inputs);
         // builtin > local route > moreipme
@@ -325,6 +346,7 @@ mod tests {
                 not(2, "192.0.2.2/32"),
                 not(3, "203.0.113.0/24"),
             ],
+            learned: vec![],
         };
         let set = IpmeSet::compute(&inputs);
         for (a, line) in [("198.51.100.9", 1), ("192.0.2.2", 2), ("203.0.113.1", 3)] {

@@ -14,6 +14,7 @@ pub fn tag_of(source: &Source) -> u32 {
         Source::LocalRoute { .. } => tag::LOCAL_ROUTE,
         Source::MoreIpme { .. } => tag::MOREIPME,
         Source::NotIpme { .. } => tag::NOT_ME,
+        Source::Learned { .. } => tag::LEARNED,
     }
 }
 
@@ -86,6 +87,7 @@ mod tests {
             },
             Source::MoreIpme { line: 1 },
             Source::NotIpme { line: 1 },
+            Source::Learned { at: 1 },
         ] {
             assert_eq!(tag::name(tag_of(&s)), s.kind());
         }
@@ -105,6 +107,10 @@ mod tests {
             }],
             moreipme: vec![more(1, "198.51.100.0/24"), more(2, "2001:db8:1::/48")],
             notipme: vec![not(1, "198.51.100.7/32")],
+            learned: vec![Entry {
+                net: net("192.0.2.99/32"),
+                source: Source::Learned { at: 7 },
+            }],
         };
         let set = IpmeSet::compute(&inputs);
         let want_v4: BTreeMap<(u32, [u8; 4]), u32> = [
@@ -114,6 +120,7 @@ mod tests {
             ((24, [203, 0, 113, 0]), tag::LOCAL_ROUTE),
             ((24, [198, 51, 100, 0]), tag::MOREIPME),
             ((32, [198, 51, 100, 7]), tag::NOT_ME),
+            ((32, [192, 0, 2, 99]), tag::LEARNED),
         ]
         .into_iter()
         .collect();
@@ -137,6 +144,7 @@ mod tests {
         let want: BTreeMap<&str, usize> = [
             ("builtin", 4),
             ("interface", 2),
+            ("learned", 1),
             ("local-route", 1),
             ("moreipme", 2),
             ("notipme", 1),

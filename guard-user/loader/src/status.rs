@@ -31,6 +31,8 @@ pub struct Status {
     pub entries_v6: usize,
     /// Entries per source tag name (builtin, interface, local-route, moreipme, notipme).
     pub entries_by_source: BTreeMap<&'static str, usize>,
+    /// The learned addresses in the maps (qmail-remote met this host's own greeting there).
+    pub learned: Vec<String>,
     pub refused_v4: u64,
     pub refused_v6: u64,
     /// The last update of the maps (by `attach`, `sync` or the daemon), if recorded.
@@ -58,6 +60,16 @@ pub fn status(pins: &PinDir) -> Result<Status, GuardError> {
     for tag in v4.values().chain(v6.values()) {
         *by_source.entry(guard_common::tag::name(*tag)).or_insert(0) += 1;
     }
+    let learned = v4
+        .iter()
+        .filter(|(_, t)| **t == guard_common::tag::LEARNED)
+        .map(|((_, a), _)| std::net::IpAddr::from(*a).to_string())
+        .chain(
+            v6.iter()
+                .filter(|(_, t)| **t == guard_common::tag::LEARNED)
+                .map(|((_, a), _)| std::net::IpAddr::from(*a).to_string()),
+        )
+        .collect();
     let stats = maps.stats()?;
     let attachments: Vec<Attachment> = pins
         .pinned_links()
@@ -93,6 +105,7 @@ pub fn status(pins: &PinDir) -> Result<Status, GuardError> {
         entries_v4: v4.len(),
         entries_v6: v6.len(),
         entries_by_source: by_source,
+        learned,
         refused_v4: stats.refused_v4,
         refused_v6: stats.refused_v6,
     })
@@ -124,6 +137,9 @@ impl std::fmt::Display for Status {
         )?;
         for (source, n) in &self.entries_by_source {
             writeln!(f, "  {source:<12} {n}")?;
+        }
+        if !self.learned.is_empty() {
+            writeln!(f, "learned:       {}", self.learned.join(" "))?;
         }
         write!(
             f,

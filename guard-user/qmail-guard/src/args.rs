@@ -49,9 +49,14 @@ pub enum Command {
     },
     /// Recompute the ipme set and update the pinned maps by difference (add before remove).
     /// An invalid control file changes nothing.
+    ///
+    /// Takes the loop detections waiting in loopcheck/spool into the learned set first
+    /// (what the daemon does at once).
     Sync {
         #[command(flatten)]
         home: Home,
+        #[command(flatten)]
+        learn: Learn,
         #[command(flatten)]
         pins: Pins,
     },
@@ -83,6 +88,18 @@ pub enum Command {
         /// Period of the full resync behind the events, in seconds.
         #[arg(long, value_name = "N", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
         resync_secs: u64,
+        #[command(flatten)]
+        learn: Learn,
+    },
+    /// Remove a learned address (one qmail-remote found to be this host) from the set and the
+    /// pinned maps. If the loop is still there, the next delivery detects and learns it again.
+    Forget {
+        /// The learned address (IPv4 or IPv6).
+        addr: IpAddr,
+        #[command(flatten)]
+        home: Home,
+        #[command(flatten)]
+        pins: Pins,
     },
     /// Show attachments, entries per source, guarded ports and refusal counters.
     Status {
@@ -177,6 +194,26 @@ pub struct Danger {
     /// port is refused (ELOOP), e.g. a local monitoring check of port 25.
     #[arg(long)]
     pub allow_root_cgroup: bool,
+}
+
+/// Learning from the loops qmail-remote detects (loopcheck/spool).
+#[derive(Debug, Args)]
+pub struct Learn {
+    /// The user qmail-remote runs as: the spool loopcheck/spool is made for it (mode 0700) and
+    /// only its entries are read.
+    #[arg(long, value_name = "NAME", default_value = crate::learn::DEFAULT_USER)]
+    pub learn_user: String,
+    /// A learned address not seen again for this long is forgotten (e.g. 30d, 12h).
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_expiry)]
+    pub learn_expiry: std::time::Duration,
+}
+
+fn parse_expiry(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.as_secs() == 0 {
+        return Err("must be at least one second".into());
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Args)]

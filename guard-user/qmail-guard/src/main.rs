@@ -13,7 +13,7 @@ use guard_loader::{
     state,
 };
 use ipme::IpmeSet;
-use qmail_guard::{args, daemon};
+use qmail_guard::{args, daemon, learn};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -65,7 +65,7 @@ fn run(command: Command) -> Result<ExitCode> {
             // The set is computed under the pin directory's lock, after the ports are
             // validated: bad input changes nothing.
             let r = guard::attach_with(&pins, &cg, ports.as_ref(), || {
-                IpmeSet::load(&home.dir()).map_err(GuardError::from)
+                IpmeSet::load_guarded(&home.dir()).map_err(GuardError::from)
             })?;
             // Informational only (shown by `status`): a read-only /run must not fail attach.
             let _ = state::record_sync(&pins, "attach", &r.sync);
@@ -117,13 +117,17 @@ fn run(command: Command) -> Result<ExitCode> {
             let n = guard::detach(&pins, which)?;
             println!("qmail-guard: removed {n} link(s)");
         }
-        Command::Sync { home, pins } => {
+        Command::Sync { home, learn, pins } => {
             require_root("sync", &pins.pin_dir)?;
+            let home = home.dir();
             let pins = PinDir::new(pins.pin_dir);
+            // An invalid control file fails here, before the spool is touched.
+            let base = IpmeSet::load(&home)?;
+            learn_from_spool(&home, &learn, &base);
             // Computed under the lock: a sync that waited for it never writes an older set
             // than the one another writer applied meanwhile.
             let r = guard::sync_with(&pins, || {
-                IpmeSet::load(&home.dir()).map_err(GuardError::from)
+                IpmeSet::load_guarded(&home).map_err(GuardError::from)
             })?;
             let _ = state::record_sync(&pins, "sync", &r);
             println!(
@@ -140,6 +144,7 @@ fn run(command: Command) -> Result<ExitCode> {
             resync_secs,
             log_rate,
             danger,
+            learn,
         } => {
             require_root("run", &pins.pin_dir)?;
             guard::limits::check_ports(&ports.iter().copied().collect())?;
@@ -154,7 +159,30 @@ fn run(command: Command) -> Result<ExitCode> {
                 detach_on_exit,
                 resync: std::time::Duration::from_secs(resync_secs),
                 log_rate,
+                learn_user: learn.learn_user,
+                learn_expiry: learn.learn_expiry,
             })?;
+        }
+        Command::Forget { addr, home, pins } => {
+            require_root("forget", &pins.pin_dir)?;
+            let home = home.dir();
+            let Some(l) = learn::forget(&home, addr)? else {
+                anyhow::bail!(
+                    "{addr} is not a learned address (`qmail-guard print` lists the set with sources)"
+                );
+            };
+            println!("qmail-guard: forgot {addr} ({l})");
+            let pins = PinDir::new(pins.pin_dir);
+            if pins.maps_pinned() {
+                let r = guard::sync_with(&pins, || {
+                    IpmeSet::load_guarded(&home).map_err(GuardError::from)
+                })?;
+                let _ = state::record_sync(&pins, "forget", &r);
+                println!(
+                    "qmail-guard: {} entries ({} written, {} removed)",
+                    r.total, r.upserted, r.removed
+                );
+            }
         }
         Command::Status { json: true, pins } => return Ok(status_json(&pins.pin_dir)),
         Command::Status { json: false, pins } => {
@@ -162,7 +190,7 @@ fn run(command: Command) -> Result<ExitCode> {
             println!("{}", guard::status(&PinDir::new(pins.pin_dir))?);
         }
         Command::Print { home } => {
-            let set = IpmeSet::load(&home.dir())?;
+            let set = IpmeSet::load_guarded(&home.dir())?;
             for e in set.entries() {
                 println!("{:<43} {}", e.net.to_string(), e.source);
             }
@@ -256,7 +284,7 @@ fn check(
         let guarded = maps.ports()?.contains(&port);
         (maps.lookup(addr)?, guarded, "pinned maps")
     } else {
-        let set = IpmeSet::load(home).context("computing the ipme set")?;
+        let set = IpmeSet::load_guarded(home).context("computing the ipme set")?;
         let tag = set.lookup(addr).map(|e| guard::encode::tag_of(&e.source));
         (
             tag,
@@ -277,5 +305,45 @@ fn check(
     } else {
         println!("allowed: {addr} port {port} ({what}; port {port_txt}; {basis})");
         Ok(ExitCode::from(1))
+    }
+}
+
+/// `sync`'s share of the daemon's learning: make the spool if needed, take its entries into
+/// the store, one line per entry on stderr. A spool problem is reported and skipped: the rest
+/// of the sync still runs.
+fn learn_from_spool(home: &std::path::Path, learn: &args::Learn, base: &IpmeSet) {
+    let user = match learn::User::lookup(&learn.learn_user) {
+        Ok(u) => {
+            if let Err(e) = learn::spool::ensure(home, &u) {
+                eprintln!("qmail-guard: {e}");
+            }
+            Some(u)
+        }
+        Err(e) => {
+            eprintln!("qmail-guard: {e}");
+            None
+        }
+    };
+    let now = ipme::learn::now_unix();
+    let result = learn::sweep(
+        home,
+        user.as_ref(),
+        base.entries(),
+        now,
+        learn.learn_expiry.as_secs(),
+    )
+    .and_then(|sweep| {
+        let mut ev = sweep.events.clone();
+        sweep.commit()?;
+        ev.extend(learn::expire(home, now)?);
+        Ok(ev)
+    });
+    match result {
+        Ok(events) => {
+            for e in events {
+                eprintln!("qmail-guard: {e}");
+            }
+        }
+        Err(e) => eprintln!("qmail-guard: {e}"),
     }
 }

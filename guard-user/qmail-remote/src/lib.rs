@@ -5,7 +5,7 @@
 //!
 //! Modules, one job each: `args` (argv), `control` (control files), `routes` (smtproutes,
 //! authsenders), `quote` (address mangling), `dns` (candidate list, MX order), `resolver`
-//! (hickory backend), `prefme` (loop rule), `tcpto` (timeout table), `connect` (sockets with
+//! (hickory backend), `prefme` (loop rule), `loopcheck` (our own greeting), `tcpto` (timeout table), `connect` (sockets with
 //! timeouts), `ehlo` (EHLO extensions), `tls` (TLS policy, rustls stream, verification), `cert`
 //! (certificate names), `sasl` (AUTH messages), `smtp` (dialogue), `blast` (body encoding),
 //! `report` (output records), `run` (the sequence).
@@ -20,6 +20,7 @@ pub mod connect;
 pub mod control;
 pub mod dns;
 pub mod ehlo;
+pub mod loopcheck;
 pub mod prefme;
 pub mod quote;
 pub mod report;

@@ -10,6 +10,7 @@ use super::args::Args;
 use super::connect::{self, Conn, ConnectError, poll_ms};
 use super::control;
 use super::dns::{self, Candidate, DnsError, Lcg, MxResult};
+use super::loopcheck::{self, LoopCheck, Looped};
 use super::prefme::{self, IsMe, LateMe};
 use super::quote::addrmangle;
 use super::report::{Output, Report};
@@ -71,6 +72,8 @@ fn deliver(
     };
     let mut tcpto = Tcpto::new(here);
     let mut late = LateMe::new();
+    // Only where the loop rule applies (not for relays, as stock's prefme).
+    let lc = ipme.as_ref().and_then(|_| LoopCheck::load(here));
     for c in &eligible {
         if !late.allows(c) || tcpto.skip(&c.ip) {
             continue;
@@ -84,9 +87,17 @@ fn deliver(
                     smtps: port == 465,
                     allowed: true,
                 };
-                let session = Session::new(Conn::new(fd, poll_ms(ctl.timeout_remote)), c.ip);
+                let session = Session::new(Conn::new(fd, poll_ms(ctl.timeout_remote)), c.ip)
+                    .with_loopcheck(lc.clone());
                 return match session.deliver(&env, &tlsp, msg, out) {
                     Outcome::Done(r) => Ok(r),
+                    // our own server answered: the address is me, like a guard refusal, and
+                    // the guard learns it
+                    Outcome::Looped(Looped { name }) => {
+                        loopcheck::learn(here, c.ip, &name);
+                        late.found(c);
+                        continue;
+                    }
                     // a failed opportunistic handshake: once more on a new connection, in clear
                     Outcome::RetryClear(r) => {
                         let Ok(fd) = connect::connect(c.ip, port, poll_ms(ctl.timeout_connect))
@@ -94,9 +105,16 @@ fn deliver(
                             return Ok(r);
                         };
                         tlsp.allowed = false;
-                        let s = Session::new(Conn::new(fd, poll_ms(ctl.timeout_remote)), c.ip);
+                        let s = Session::new(Conn::new(fd, poll_ms(ctl.timeout_remote)), c.ip)
+                            .with_loopcheck(lc.clone());
                         match s.deliver(&env, &tlsp, msg, out) {
                             Outcome::Done(r) | Outcome::RetryClear(r) => Ok(r),
+                            // the first session checked the same greeting already
+                            Outcome::Looped(Looped { name }) => {
+                                loopcheck::learn(here, c.ip, &name);
+                                late.found(c);
+                                continue;
+                            }
                         }
                     }
                 };

@@ -17,6 +17,7 @@ use std::path::Path;
 use super::blast::Encoder;
 use super::connect::{self, Conn};
 use super::ehlo::Ehlo;
+use super::loopcheck::{LoopCheck, Looped};
 use super::report::{Output, RcptReport, Report, tls as text};
 use super::routes::Auth;
 use super::sasl::{self, Mechanism};
@@ -66,6 +67,9 @@ pub enum Outcome {
     /// An opportunistic handshake failed (the report says so): connect again without TLS, as
     /// Postfix and Exim do (docs/qmail-remote-tls.md §1.2 step 5e).
     RetryClear(Report),
+    /// The peer is our own server (the greeting check): QUIT was sent before MAIL FROM and
+    /// no report made; the address counts as "me" in the loop rule.
+    Looped(Looped),
 }
 
 /// The connection: plaintext, or TLS after STARTTLS/SMTPS.
@@ -86,6 +90,8 @@ pub struct Session {
     critical: bool,
     /// The greeting exchange's result.
     ehlo: Option<Ehlo>,
+    /// Our own SMTP server's name, to recognise a loop (off when None).
+    loopcheck: Option<LoopCheck>,
 }
 
 impl Session {
@@ -97,7 +103,22 @@ impl Session {
             text: Vec::new(),
             critical: false,
             ehlo: None,
+            loopcheck: None,
         }
+    }
+
+    /// Compares the peer's greeting and EHLO/HELO reply with our own server's name.
+    pub fn with_loopcheck(mut self, lc: Option<LoopCheck>) -> Self {
+        self.loopcheck = lc;
+        self
+    }
+
+    /// After the greeting and after EHLO/HELO: if the last reply is our own server's, QUIT
+    /// and the loop outcome.
+    fn check_loop(&mut self) -> Option<Outcome> {
+        let name = self.loopcheck.as_ref()?.matched(&self.text)?;
+        self.quit(Report::PermAmbigmx);
+        Some(Outcome::Looped(Looped { name }))
     }
 
     /// Whether the session is encrypted.
@@ -340,7 +361,13 @@ impl Session {
             let said = self.said();
             return Err(self.quit(Report::GreetingFailed { ip, said }));
         }
+        if let Some(o) = self.check_loop() {
+            return Ok(Some(o));
+        }
         self.ehlo = self.ehlo_cmd(env.helo)?;
+        if let Some(o) = self.check_loop() {
+            return Ok(Some(o));
+        }
         if policy != Policy::Off {
             let offered = self.ehlo.as_ref().is_some_and(|e| e.has(b"STARTTLS"));
             if !offered {
@@ -370,7 +397,7 @@ impl Session {
             }
         }
         self.helo_fallback(env.helo)?;
-        Ok(None)
+        Ok(self.check_loop())
     }
 
     /// SMTP AUTH (docs/qmail-remote-tls.md §5.2): `Ok(true)` once authenticated, `Ok(false)`
@@ -705,5 +732,81 @@ mod tests {
             b"ZConnected to 127.0.0.1 but my name was rejected.\nRemote host said: 550 go away\n\0"
         );
         assert_eq!(got, b"EHLO me.test\r\nHELO me.test\r\nQUIT\r\n");
+    }
+
+    /// A peer that greets (or answers EHLO) with our own name: QUIT before MAIL FROM, no
+    /// report, the name it used.
+    fn looped(greeting: &'static str, ehlo: &'static str) -> (Outcome, Vec<u8>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let peer = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut w = s.try_clone().unwrap();
+            w.write_all(greeting.as_bytes()).unwrap();
+            let mut r = BufReader::new(s);
+            let mut got = Vec::new();
+            let mut line = Vec::new();
+            while r.read_until(b'\n', &mut line).unwrap() > 0 {
+                got.extend_from_slice(&line);
+                if line.starts_with(b"EHLO") {
+                    w.write_all(ehlo.as_bytes()).unwrap();
+                } else if line.starts_with(b"MAIL") {
+                    w.write_all(b"550 no\r\n").unwrap();
+                } else if line.starts_with(b"QUIT") {
+                    break;
+                }
+                line.clear();
+            }
+            got
+        });
+        let fd = connect::connect(addr.ip(), addr.port(), 5000).unwrap();
+        let s = Session::new(Conn::new(fd, 5000), addr.ip())
+            .with_loopcheck(Some(LoopCheck::new(b"mail.example.test")));
+        let recips = vec![b"a@example.test".to_vec()];
+        let env = Envelope {
+            helo: b"me.test",
+            sender: b"s@x.test",
+            recips: &recips,
+            size: None,
+            auth: &Auth::None,
+            auth_cleartext: false,
+        };
+        let tlsp = TlsParams {
+            base: Path::new("/nonexistent"),
+            name: None,
+            smtps: false,
+            allowed: false,
+        };
+        let mut out = Output::new();
+        let mut m: &[u8] = b"x\n";
+        let o = s.deliver(&env, &tlsp, &mut m, &mut out);
+        assert!(out.bytes().is_empty(), "no recipient report");
+        (o, peer.join().unwrap())
+    }
+
+    #[test]
+    fn our_own_greeting_ends_the_session_before_mail_from() {
+        let (o, got) = looped("220 Mail.Example.Test ESMTP\r\n", "");
+        assert_eq!(
+            o,
+            Outcome::Looped(Looped {
+                name: b"Mail.Example.Test".to_vec()
+            })
+        );
+        assert_eq!(got, b"QUIT\r\n");
+        // a server that greets generically but answers EHLO with our name
+        let (o, got) = looped(
+            "220 ready\r\n",
+            "250-mail.example.test\r\n250 PIPELINING\r\n",
+        );
+        assert!(matches!(o, Outcome::Looped(_)), "{o:?}");
+        assert_eq!(got, b"EHLO me.test\r\nQUIT\r\n");
+        // someone else: the transaction goes on
+        let (o, got) = looped("220 other.test\r\n", "250 other.test\r\n");
+        assert!(matches!(o, Outcome::Done(_)), "{o:?}");
+        assert!(
+            got.starts_with(b"EHLO me.test\r\nMAIL FROM:<s@x.test>\r\n"),
+            "{got:?}"
+        );
     }
 }

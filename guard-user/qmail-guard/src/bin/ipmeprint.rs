@@ -15,15 +15,15 @@ const EXIT_PERMANENT: u8 = 100;
 const EXIT_TEMPORARY: u8 = 111;
 
 /// Print the addresses qmail treats as this host ("ipme"): interface addresses, local routes,
-/// built-ins (0.0.0.0/8, 127.0.0.0/8, ::, ::1), control/moreipme, and the control/notipme
-/// exceptions. The longest matching prefix decides; on the same prefix notipme wins.
+/// built-ins (0.0.0.0/8, 127.0.0.0/8, ::, ::1), control/moreipme, the addresses qmail-guard
+/// learned (loopcheck/learned), and the control/notipme exceptions. The longest matching prefix decides; on the same prefix notipme wins.
 #[derive(Parser)]
 #[command(name = "ipmeprint", version)]
 struct Args {
     /// qmail home directory [default: $QMAILHOME, else the build-time default, /var/qmail]
     #[arg(long, value_name = "DIR")]
     qmail_home: Option<PathBuf>,
-    /// Append each entry's source (interface, local route, control file line, builtin)
+    /// Append each entry's source (interface, local route, control file line, builtin, learned)
     #[arg(short, long)]
     verbose: bool,
 }
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         }
     };
     let home = ipme::qmail_home(args.qmail_home);
-    let set = match IpmeSet::load(&home) {
+    let set = match IpmeSet::load_guarded(&home) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ipmeprint: {}", ipme::Chain(&e));

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use guard_common::tag;
 
 use guard_loader::{GuardMaps, PinDir};
+use ipme::learn::{DEFAULT_EXPIRY_SECS, Store, now_unix};
 use ipme::{
     ControlKind, Entry, Inputs, IpNet, IpmeError, IpmeSet, Ipv4Net, Ipv6Net, Source, interfaces,
     local_routes, read_control,
@@ -23,6 +24,11 @@ pub struct InputState {
     home: PathBuf,
     more: Option<Vec<Entry>>,
     not: Option<Vec<Entry>>,
+    /// The last good learned store.
+    learned: Option<Store>,
+    /// A store about to be written (a sweep enforces it before persisting it): used by the
+    /// next computation instead of the file.
+    pending_learned: Option<Store>,
 }
 
 impl InputState {
@@ -31,7 +37,20 @@ impl InputState {
             home: home.to_path_buf(),
             more: None,
             not: None,
+            learned: None,
+            pending_learned: None,
         }
+    }
+
+    /// The next computation uses `store` instead of reading the file (which is about to be
+    /// replaced with it).
+    pub fn use_learned(&mut self, store: Store) {
+        self.pending_learned = Some(store);
+    }
+
+    /// When the next learned address expires (Unix seconds), per the last good store.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.learned.as_ref().and_then(Store::next_expiry)
     }
 
     /// Reads everything and computes the set. Errs on a kernel read failure (temporary: try
@@ -42,13 +61,33 @@ impl InputState {
         let mut errors = Vec::new();
         let moreipme = self.control(ControlKind::MoreIpme, &mut errors)?;
         let notipme = self.control(ControlKind::NotIpme, &mut errors)?;
+        let learned = self.learned(&mut errors)?;
         let set = IpmeSet::compute(&Inputs {
             interfaces,
             local_routes,
             moreipme,
             notipme,
+            learned,
         });
         Ok(Computed { set, errors })
+    }
+
+    /// The learned addresses not expired now; an unreadable or damaged store keeps its last
+    /// good contents, like a control file.
+    fn learned(&mut self, errors: &mut Vec<IpmeError>) -> Result<Vec<Entry>, IpmeError> {
+        match self
+            .pending_learned
+            .take()
+            .map_or_else(|| Store::read(&self.home), Ok)
+        {
+            Ok(store) => self.learned = Some(store),
+            Err(e) if self.learned.is_some() => errors.push(e),
+            Err(e) => return Err(e),
+        }
+        Ok(self
+            .learned
+            .as_ref()
+            .map_or_else(Vec::new, |s| s.entries(now_unix())))
     }
 
     fn control(
@@ -75,8 +114,9 @@ impl InputState {
         }
     }
 
-    /// For a daemon restarted while a control file is invalid: take that file's last good
-    /// contents from the pinned maps (entries tagged moreipme / notipme). An entry that a
+    /// For a daemon restarted while a control file (or the learned store) is invalid: take
+    /// its last good contents from the pinned maps (entries tagged moreipme / notipme /
+    /// learned). An entry that a
     /// higher-priority source shadowed on the same prefix is not recoverable this way; it comes
     /// back with the next valid edit.
     pub fn seed_from_maps(&mut self, pins: &PinDir) -> bool {
@@ -95,6 +135,8 @@ impl InputState {
                 Some((IpNet::V6(Ipv6Net::new(data.into(), len as u8).ok()?), t))
             }));
         let (mut more, mut not) = (Vec::new(), Vec::new());
+        let mut learned = Store::default();
+        let now = now_unix();
         for (net, t) in nets {
             // Line 0: recovered from the maps, no line of the current file.
             match t {
@@ -106,11 +148,16 @@ impl InputState {
                     net,
                     source: Source::NotIpme { line: 0 },
                 }),
+                // Seen now, as far as we know; the full expiry from here.
+                tag::LEARNED => {
+                    let _ = learned.learn(net.addr(), now, DEFAULT_EXPIRY_SECS);
+                }
                 _ => {}
             }
         }
         self.more.get_or_insert(more);
         self.not.get_or_insert(not);
+        self.learned.get_or_insert(learned);
         true
     }
 }

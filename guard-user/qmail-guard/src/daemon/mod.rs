@@ -16,7 +16,8 @@
 //! `--detach-on-exit` is given.
 //!
 //! Modules, one job each: the event sources (`netlink`, `control_watch`, `cgroup_watch`,
-//! `logs`, registered through `fd`), `inputs` (the set's inputs with last-good memory),
+//! `logs`, `spool_watch`, registered through `fd`), `inputs` (the set's inputs with last-good
+//! memory), `learning` (the spool of detected loops into the learned set),
 //! `targets` (the cgroups to guard and their attachments), `apply` (bringing the maps to the
 //! set), `report` (status line, error reporting, state file) and `notify` (systemd). This file
 //! holds the loop that ties them together.
@@ -25,10 +26,12 @@ mod cgroup_watch;
 mod control_watch;
 mod fd;
 mod inputs;
+mod learning;
 pub mod logs;
 mod netlink;
 mod notify;
 mod report;
+mod spool_watch;
 mod targets;
 
 use std::{collections::BTreeSet, io, path::PathBuf, time::Duration};
@@ -50,10 +53,14 @@ use guard_loader::{
 };
 use inputs::InputState;
 use ipme::{Chain, IpmeError, IpmeSet};
+use learning::Learning;
 use logs::RefusalLog;
 use netlink::NetlinkWatch;
 use report::{InputErrors, OnceError, StateFile, status_line};
+use spool_watch::{SpoolNews, SpoolWatch};
 use targets::Targets;
+
+use crate::learn;
 
 pub use logs::init_logging;
 
@@ -81,6 +88,10 @@ pub struct Config {
     pub resync: Duration,
     /// Refusal log lines per second; the rest are counted in one summary line per second.
     pub log_rate: u32,
+    /// The user qmail-remote runs as (owner of the learning spool).
+    pub learn_user: String,
+    /// How long a learned address lives unless seen again.
+    pub learn_expiry: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +130,7 @@ enum Wake {
     Netlink,
     Control,
     Cgroup,
+    Spool,
     Log,
     Hangup,
     Terminate(&'static str),
@@ -132,6 +144,7 @@ struct Sources {
     netlink: NetlinkWatch,
     control: ControlWatch,
     cgroups: CgroupWatch,
+    spool: SpoolWatch,
     log: Option<RefusalLog>,
 }
 
@@ -161,6 +174,7 @@ struct Daemon {
     sources: Sources,
     timer: Timer,
     state: StateFile,
+    learning: Learning,
     /// The last map update error, logged once until it changes or clears.
     apply_error: OnceError,
     signals: Option<Signals>,
@@ -213,11 +227,25 @@ impl Daemon {
             targets,
             sources,
             timer: Timer::default(),
+            learning: Learning::new(
+                config.qmail_home.clone(),
+                &config.learn_user,
+                config.learn_expiry,
+            ),
             apply_error: OnceError::default(),
             signals: Some(signals),
             config,
         };
         daemon.report_input_errors(&computed.errors, true);
+        // Entries that arrived while no daemon ran.
+        if let Some(sweep) = daemon.learning.sweep(&daemon.set) {
+            daemon
+                .inputs
+                .use_learned(sweep.store().cloned().unwrap_or_default());
+            daemon.recompute(false);
+            daemon.learning.commit(sweep);
+        }
+        daemon.schedule_expiry();
 
         // Computed again under the lock: what another writer applied meanwhile is included.
         let mut fresh = None;
@@ -273,6 +301,7 @@ impl Daemon {
                     r = s.netlink.readable() => io_wake(r, Wake::Netlink, "rtnetlink")?,
                     r = s.control.readable() => io_wake(r, Wake::Control, "control watch")?,
                     r = s.cgroups.readable() => io_wake(r, Wake::Cgroup, "cgroup watch")?,
+                    r = s.spool.readable() => io_wake(r, Wake::Spool, "spool watch")?,
                     r = async { match log { Some(l) => l.readable().await, None => std::future::pending().await } }
                         => io_wake(r, Wake::Log, "refusal log")?,
                     _ = hup.recv() => Wake::Hangup,
@@ -315,7 +344,7 @@ impl Daemon {
                     self.timer.0 = None;
                     timer = true;
                 }
-                Wake::Netlink | Wake::Control | Wake::Cgroup => {}
+                Wake::Netlink | Wake::Control | Wake::Cgroup | Wake::Spool => {}
             }
             self.step(full, timer, woke);
         }
@@ -355,14 +384,40 @@ impl Daemon {
                 true
             }
         };
+        let spool = self.sources.spool.drain().unwrap_or_else(|e| {
+            warn!("spool watch failed ({e}); sweeping");
+            SpoolNews {
+                spool: true,
+                store: true,
+            }
+        });
         if full {
             self.targets.resolve_units();
             self.sources.cgroups.set_targets(self.targets.paths());
             self.sources.control.ensure();
+            self.sources.spool.ensure();
         }
-        let inputs_changed = full || timer || net.relevant || net.overflow || ctl.changed;
+        // Learn first, so the recomputation below already enforces what was learned; the
+        // store is written after the maps (its fsyncs are not on the way to the kernel).
+        let sweep = (full || timer || spool.spool)
+            .then(|| self.learning.sweep(&self.set))
+            .flatten();
+        if let Some(store) = sweep.as_ref().and_then(learn::Sweep::store) {
+            self.inputs.use_learned(store.clone());
+        }
+        let inputs_changed = full
+            || timer
+            || net.relevant
+            || net.overflow
+            || ctl.changed
+            || spool.store
+            || sweep.is_some();
         if inputs_changed {
             self.update(ctl.changed, full, woke);
+            self.schedule_expiry();
+        }
+        if let Some(sweep) = sweep {
+            self.learning.commit(sweep);
         }
         if full || timer || cgroup_event {
             for f in self.ensure_targets(full) {
@@ -501,6 +556,17 @@ impl Daemon {
         self.timer.schedule(Instant::now() + after);
     }
 
+    /// Wakes up when the next learned address expires (if before the next full resync, which
+    /// expires it otherwise).
+    fn schedule_expiry(&mut self) {
+        if let Some(t) = self.inputs.next_expiry() {
+            let secs = t.saturating_sub(ipme::learn::now_unix());
+            if secs < self.config.resync.as_secs() {
+                self.schedule(Duration::from_secs(secs + 1));
+            }
+        }
+    }
+
     fn status_line(&self) -> String {
         status_line(
             self.set.len(),
@@ -563,10 +629,13 @@ impl Sources {
         }
         let cgroups = CgroupWatch::new(targets.paths())
             .map_err(|e| DaemonError::Io("cannot watch the cgroup directories", e))?;
+        let spool = SpoolWatch::new(qmail_home)
+            .map_err(|e| DaemonError::Io("cannot watch the learning spool", e))?;
         Ok(Sources {
             netlink,
             control,
             cgroups,
+            spool,
             log: None,
         })
     }
