@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: the NAT loop and the guard stopping it, step by step, in network
 //! namespaces: (a) without the guard our qmail-remote delivers to itself, (b) with
 //! the guard the same delivery bounces with perm_ambigmx in milliseconds, and the kernel shows
-//! why, (c) a client that is not ours cannot even connect. Everything it creates is removed at
+//! why, (c) a client that is not ours cannot even connect, (d) with nothing configured,
+//! qmail-remote recognises its own greeting and the guard learns the address. Everything it creates is removed at
 //! the end, on error and on Ctrl-C.
 
 mod client;
@@ -9,6 +10,7 @@ mod say;
 mod step_a;
 mod step_b;
 mod step_c;
+mod step_d;
 mod world;
 
 use anyhow::Result;
@@ -42,6 +44,7 @@ pub fn run(o: &Options) -> Result<()> {
         step_a::run(&w)?;
         step_b::run(&mut w)?;
         step_c::run(&w)?;
+        step_d::run(&w)?;
         say::heading("Cleaning up");
         say::line(
             "stopping the daemon, dnsmasq and Exim; detaching the guard and removing its pins; deleting the namespaces, the cgroup and the qmail home",

@@ -6,6 +6,10 @@
 //!   before connecting (the path stock qmail takes when ipme knows the address);
 //! - kernel: qmail-remote's home has no moreipme (like any qmail-remote that does not know),
 //!   but the guard's does: connect gets ELOOP and the delivery bounces.
+//! - nothing configured: no moreipme anywhere, the daemon running; the first delivery meets
+//!   its own greeting (control/me = the sink's name) and bounces, the daemon learns the
+//!   address, and deliveries go on until one is refused by the kernel: connections and wall
+//!   time until then, per trial (the learned entry is forgotten between trials).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,6 +20,7 @@ use guard_tests::qmail_remote::QmailHome;
 
 use super::plan::Plan;
 use super::sink::Sink;
+use crate::kit::daemon::Daemon;
 use crate::kit::guard::Guard;
 use crate::kit::harness::attempt;
 use crate::kit::nat::{self, NatScene};
@@ -32,6 +37,12 @@ pub struct Results {
     pub cpu_ms: [Vec<f64>; 3],
     pub connections: [usize; 3],
     pub refused_by_kernel: u64,
+    /// Nothing configured: wall ms from the first delivery's start to the end of the first
+    /// delivery the kernel refused, per trial.
+    pub zero_wall_ms: Vec<f64>,
+    /// Connections to the mail host and deliveries, over all trials.
+    pub zero_connections: usize,
+    pub zero_deliveries: usize,
 }
 
 pub fn run(plan: &Plan, qmail_remote: &Path, qmail_guard: &Path) -> Result<Results> {
@@ -70,6 +81,9 @@ pub fn run(plan: &Plan, qmail_remote: &Path, qmail_guard: &Path) -> Result<Resul
         cpu_ms: Default::default(),
         connections: [0; 3],
         refused_by_kernel: 0,
+        zero_wall_ms: Vec::new(),
+        zero_connections: 0,
+        zero_deliveries: 0,
     };
     let (refused_before, _) = bpftool::refused(&guard.map("STATS"))?;
     println!(
@@ -112,8 +126,85 @@ pub fn run(plan: &Plan, qmail_remote: &Path, qmail_guard: &Path) -> Result<Resul
         );
     }
     drop(guard);
+    zero_config(
+        plan,
+        qmail_remote,
+        qmail_guard,
+        &scene,
+        &sink,
+        msg.path(),
+        &mut r,
+    )?;
     drop(sink);
     Ok(r)
+}
+
+/// The nothing-configured path (see the module comment).
+fn zero_config(
+    plan: &Plan,
+    qmail_remote: &Path,
+    qmail_guard: &Path,
+    scene: &NatScene,
+    sink: &Sink,
+    msg: &Path,
+    r: &mut Results,
+) -> Result<()> {
+    let cg = attempt("creating a cgroup", || Cgroup::new(&names::name("natzero")))?;
+    let home = attempt("creating a qmail home", QmailHome::new)?;
+    // The sink greets as sink.test: it plays the host's own qmail-smtpd.
+    attempt("writing control/me", || {
+        home.write_control("me", "sink.test\n")
+    })?;
+    let guard = Guard::new(
+        qmail_guard.to_path_buf(),
+        &scene.mail.path(),
+        home.path(),
+        "natzero",
+    )?;
+    let daemon = Daemon::start(&guard, cg.path())?;
+    let run = remote(qmail_remote, home.path(), scene, msg).placed(cg.path());
+    let stats = guard.map("STATS");
+    println!(
+        "  {} trials with nothing configured (greeting check, learning, kernel) …",
+        plan.nat_runs
+    );
+    for trial in 0..=plan.nat_runs {
+        interrupt::check()?;
+        // Untimed: back to "nothing known" (the first trial has nothing to forget).
+        let _ = guard.output(&[
+            "forget",
+            nat::PUBLIC,
+            "--qmail-home",
+            &home.path().display().to_string(),
+        ]);
+        let (refused_before, _) = bpftool::refused(&stats)?;
+        let conns_before = sink.connections();
+        let t = std::time::Instant::now();
+        let mut deliveries = 0;
+        loop {
+            let o = run.run()?;
+            deliveries += 1;
+            if !o.report.is_ambigmx() {
+                bail!(
+                    "NAT loop, nothing configured: unexpected report {}",
+                    o.report.render("")
+                );
+            }
+            if bpftool::refused(&stats)?.0 > refused_before {
+                break;
+            }
+            if deliveries > 1000 {
+                bail!("NAT loop, nothing configured: the kernel never refused the address");
+            }
+        }
+        if trial > 0 {
+            r.zero_wall_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            r.zero_connections += sink.connections() - conns_before;
+            r.zero_deliveries += deliveries;
+        }
+    }
+    drop(daemon);
+    Ok(())
 }
 
 /// qmail-remote for loop.test as qmail-rspawn runs it, in the mail host's namespace with its

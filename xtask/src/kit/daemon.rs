@@ -46,7 +46,16 @@ impl Daemon {
         sock.set_read_timeout(Some(Duration::from_millis(100)))?;
         let cg = cgroup.display().to_string();
         let home = guard.home().display().to_string();
-        let mut c = guard.command(&["run", "--cgroup", &cg, "--qmail-home", &home])?;
+        // The spool for learned addresses belongs to the account qmail-remote runs as here.
+        let mut c = guard.command(&[
+            "run",
+            "--cgroup",
+            &cg,
+            "--qmail-home",
+            &home,
+            "--learn-user",
+            super::remote::QMAILR_NAME,
+        ])?;
         c.env("NOTIFY_SOCKET", &notify).stdout(Stdio::null());
         let mut child = c.spawn().context("cannot start qmail-guard run")?;
         let log = Arc::new(Mutex::new(Vec::new()));

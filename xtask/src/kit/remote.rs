@@ -16,6 +16,8 @@ use super::spawn::{self, Placement};
 
 /// The uid/gid qmail-remote runs as (qmail's qmailr; any unprivileged account behaves alike).
 pub const QMAILR: (u32, u32) = (65534, 65534);
+/// The name of that account.
+pub const QMAILR_NAME: &str = "nobody";
 /// Longer than any delivery here; a hang is a failure, not a wait.
 const TIMEOUT: Duration = Duration::from_secs(60);
 

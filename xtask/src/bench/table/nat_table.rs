@@ -69,4 +69,30 @@ pub(super) fn render(s: &mut String, a: &All) {
         stock::LOOP_WALL_MS / median(&r.wall_ms[2]).max(1e-3),
         stock::LOOP_CPU_MS / median(&r.cpu_ms[2]).max(1e-3)
     );
+    let trials = r.zero_wall_ms.len();
+    if trials > 0 {
+        let _ = writeln!(
+            s,
+            "### NAT loop, nothing configured\n\n\
+             No moreipme anywhere, `qmail-guard run` running, control/me = the local server's greeting name. \
+             Per trial: from the first delivery's start to the end of the first delivery the kernel refuses \
+             (the learned entry is forgotten between trials), median of {trials} trials.\n\n\
+             | path | until the kernel refuses | connections to the mail host | deliveries |\n|---|---|---|---|"
+        );
+        let _ = writeln!(
+            s,
+            "| unguarded real qmail (measured earlier, quoted) | never: {} hops in {}, then qmail-smtpd's hop counter bounces | {} | {} |",
+            stock::LOOP_HOPS,
+            ms(stock::LOOP_WALL_MS),
+            stock::LOOP_HOPS,
+            stock::LOOP_HOPS
+        );
+        let _ = writeln!(
+            s,
+            "| ours, NAT loop, nothing configured | {} (first delivery: greeting, QUIT, #5.4.6; learned; next: ELOOP) | {:.1} per trial | {:.1} per trial |\n",
+            ms(median(&r.zero_wall_ms)),
+            r.zero_connections as f64 / trials as f64,
+            r.zero_deliveries as f64 / trials as f64
+        );
+    }
 }
