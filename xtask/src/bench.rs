@@ -1,8 +1,9 @@
 //! `cargo xtask bench`: one run of every benchmark with baselines measured in the
 //! same run, written as a Markdown table to stdout and to bench/results.md. Release builds;
-//! bounded in time (≈ 5 minutes of measuring on 2 cores plus the build); deterministic inputs
-//! and medians over interleaved rounds, so a noisy machine shifts all variants alike.
-//! Everything it creates is removed at the end, on error and on Ctrl-C.
+//! bounded in time (≈ 2–3 minutes of measuring on 2 cores plus the build); deterministic inputs
+//! and medians over interleaved rounds, so a noisy machine shifts all variants alike. A batch
+//! never waits for a dropped SYN's retransmission (see bench/listen.rs and bench/netstat.rs).
+//! Everything it creates is removed at the end, on error, on Ctrl-C and on SIGTERM.
 
 mod bpfmap;
 mod client;
@@ -13,6 +14,7 @@ mod listen;
 mod machine;
 mod message;
 mod natloop;
+mod netstat;
 mod plan;
 mod sink;
 mod stats;

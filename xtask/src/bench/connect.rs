@@ -9,6 +9,7 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 
 use super::client::Server;
+use super::netstat::Watch;
 use super::plan::Plan;
 use super::stats::{median, quantile};
 use crate::kit::{bpftool, interrupt};
@@ -64,7 +65,7 @@ impl Results {
 
 pub fn run(plan: &Plan, client: &Path, qmail_guard: &Path, cgroup2: &Path) -> Result<Results> {
     println!("  building one namespace + cgroup per variant (the 1M sets take a while) …");
-    let scene = Scene::new(&plan.policies(), qmail_guard, cgroup2)?;
+    let mut scene = Scene::new(&plan.policies(), qmail_guard, cgroup2)?;
     // All clients on one CPU: each is a long-lived process, and left to the scheduler they
     // would settle on different CPUs, whose load differs (other work on the machine).
     let cpu = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
@@ -85,7 +86,11 @@ pub fn run(plan: &Plan, client: &Path, qmail_guard: &Path, cgroup2: &Path) -> Re
         plan.rounds, n, plan.iters
     );
     // Round 0 warms caches, the listeners and the tries: not counted.
+    let mut watch = None;
     for round in 0..=plan.rounds {
+        if round == 1 {
+            watch = Some(Watch::new(namespaces(&scene))?);
+        }
         for k in 0..n {
             // Rotate the starting variant, so none always runs first.
             let i = (k + round) % n;
@@ -94,6 +99,7 @@ pub fn run(plan: &Plan, client: &Path, qmail_guard: &Path, cgroup2: &Path) -> Re
                 interrupt::check()?;
                 let (addr, port, expect) = dest.target(policy);
                 let b = servers[i].batch(addr, port, plan.iters, expect)?;
+                drained(&mut scene, i, *dest, plan.iters)?;
                 if round > 0 {
                     samples[i][d].push(b.connect_ns);
                 }
@@ -105,7 +111,10 @@ pub fn run(plan: &Plan, client: &Path, qmail_guard: &Path, cgroup2: &Path) -> Re
     }
 
     println!("  per-program run time (kernel.bpf_stats_enabled=1) …");
-    let prog_ns = program_times(plan, &mut servers, &scene, &dests)?;
+    let prog_ns = program_times(plan, &mut servers, &mut scene, &dests)?;
+    if let Some(w) = &watch {
+        w.check("the timed connect batches")?;
+    }
     drop(servers);
     Ok(Results {
         policies: scene.variants.iter().map(|v| v.policy).collect(),
@@ -121,33 +130,55 @@ pub fn run(plan: &Plan, client: &Path, qmail_guard: &Path, cgroup2: &Path) -> Re
 fn program_times(
     plan: &Plan,
     servers: &mut [Server],
-    scene: &Scene,
+    scene: &mut Scene,
     dests: &[Dest; 3],
 ) -> Result<Vec<(Policy, [f64; 3])>> {
     let _stats = StatsEnabled::new()?;
     let mut out = Vec::new();
-    for (v, server) in scene.variants.iter().zip(servers.iter_mut()) {
+    for (i, server) in servers.iter_mut().enumerate() {
+        let v = &scene.variants[i];
         let Some(g) = &v.guard else { continue };
         let prog = g.prog(guard_common::PROG_CONNECT4);
+        let policy = v.policy;
         let mut per = [Vec::new(), Vec::new(), Vec::new()];
         for _ in 0..plan.stats_rounds {
             for (d, dest) in dests.iter().enumerate() {
                 interrupt::check()?;
-                let (addr, port, expect) = dest.target(v.policy);
+                let (addr, port, expect) = dest.target(policy);
                 let (t0, c0) = bpftool::prog_stats(&prog)?;
                 server.batch(addr, port, plan.stats_iters, expect)?;
                 let (t1, c1) = bpftool::prog_stats(&prog)?;
+                drained(scene, i, *dest, plan.stats_iters)?;
                 if c1 > c0 {
                     per[d].push(t1.saturating_sub(t0) as f64 / (c1 - c0) as f64);
                 }
             }
         }
-        out.push((
-            v.policy,
-            [median(&per[0]), median(&per[1]), median(&per[2])],
-        ));
+        out.push((policy, [median(&per[0]), median(&per[1]), median(&per[2])]));
     }
     Ok(out)
+}
+
+/// Waits until the listener that variant `i`'s batch of `n` connects to `dest` reached has
+/// accepted them all, so the next batch finds an empty accept queue.
+fn drained(scene: &mut Scene, i: usize, dest: Dest, n: usize) -> Result<()> {
+    match dest {
+        Dest::FreePort => scene.variants[i].listener.drained(n),
+        Dest::Other => scene.other.drained(n),
+        // Refused before or at the SYN: nothing reaches a listener.
+        Dest::Refused => Ok(()),
+    }
+}
+
+/// Every namespace with a listener or a client, for the stall counters.
+fn namespaces(scene: &Scene) -> Vec<(String, std::path::PathBuf)> {
+    let mut v: Vec<_> = scene
+        .variants
+        .iter()
+        .map(|x| (x.policy.label(), x.netns.path()))
+        .collect();
+    v.push(("peer".to_string(), scene.peer.path()));
+    v
 }
 
 /// kernel.bpf_stats_enabled=1 for its lifetime (it costs two clock reads per program run, so

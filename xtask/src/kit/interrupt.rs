@@ -1,6 +1,8 @@
-//! Ctrl-C (SIGINT) and SIGTERM: the first one only sets a flag. Every wait loop of the demo and
-//! the bench checks it and returns an error, so the Drop guards remove namespaces, cgroups and
-//! pins on the way out. The handler is one-shot (SA_RESETHAND): a second Ctrl-C kills at once.
+//! Ctrl-C (SIGINT) and SIGTERM only set a flag. Every wait loop of the demo and the bench
+//! checks it and returns an error, so the Drop guards remove namespaces, cgroups and pins on the
+//! way out. The SIGINT handler is one-shot (SA_RESETHAND): a second Ctrl-C kills at once. The
+//! SIGTERM one stays: `timeout` sends SIGTERM to its child and then again to the whole process
+//! group, and a one-shot handler would let that second copy kill us before the cleanup.
 
 use anyhow::{Result, bail};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +21,11 @@ pub fn install() -> Result<()> {
         let r = unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-            sa.sa_flags = libc::SA_RESETHAND;
+            sa.sa_flags = if sig == libc::SIGINT {
+                libc::SA_RESETHAND
+            } else {
+                0
+            };
             libc::sigemptyset(&mut sa.sa_mask);
             libc::sigaction(sig, &sa, std::ptr::null_mut())
         };

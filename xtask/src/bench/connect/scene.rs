@@ -66,7 +66,8 @@ pub fn short(n: usize) -> String {
 pub struct Variant {
     pub policy: Policy,
     // Drop order: listener, guard (detach), cgroup, namespace.
-    _listener: Listener,
+    /// The listener on 127.0.0.1:`FREE_PORT`.
+    pub listener: Listener,
     pub guard: Option<Guard>,
     pub cgroup: Cgroup,
     pub netns: Netns,
@@ -80,8 +81,9 @@ impl Variant {
 
 pub struct Scene {
     pub variants: Vec<Variant>,
-    _other: Listener,
-    _peer: Netns,
+    /// The listener on `OTHER`:25, in the peer namespace.
+    pub other: Listener,
+    pub peer: Netns,
 }
 
 impl Scene {
@@ -106,8 +108,8 @@ impl Scene {
         }
         Ok(Scene {
             variants,
-            _other: other,
-            _peer: peer,
+            other,
+            peer,
         })
     }
 }
@@ -164,7 +166,7 @@ fn variant(
     }
     Ok(Variant {
         policy,
-        _listener: listener,
+        listener,
         guard,
         cgroup,
         netns,
