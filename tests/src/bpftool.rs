@@ -62,6 +62,15 @@ pub fn map_id(pinned: &Path) -> u64 {
         .unwrap_or_else(|| panic!("bpftool map show {}: no id in {v}", pinned.display()))
 }
 
+/// `bpftool -j prog show pinned PATH`'s tag (16 hex digits, the kernel's hash of the program).
+pub fn prog_tag(pinned: &Path) -> String {
+    let v = json(&["prog", "show", "pinned"], pinned);
+    v["tag"]
+        .as_str()
+        .unwrap_or_else(|| panic!("bpftool prog show {}: no tag in {v}", pinned.display()))
+        .to_string()
+}
+
 /// One LPM trie entry as bpftool formats it from BTF.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LpmEntry {

@@ -315,6 +315,31 @@ fn status_json_is_one_document_attached_or_not_or_failing() {
         Some(2),
         "{after}"
     );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    let since = after["attached_since_unix_time"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no attached_since_unix_time: {after}"));
+    assert!(
+        since <= now && now - since < 600,
+        "attached since {since}, now {now}"
+    );
+    for hook in ["connect4", "connect6"] {
+        let pinned = g.pin_dir().join("progs").join(hook);
+        assert_eq!(
+            after["program_tags"][hook].as_str(),
+            Some(bpftool::prog_tag(&pinned).as_str()),
+            "{hook}'s tag against bpftool: {after}"
+        );
+    }
+    assert_eq!(after["program_matches_binary"], true, "{after}");
+    let text = g.run_ok(&["status"]);
+    assert!(
+        text.contains("attached since: ") && text.contains("(this binary's programs)"),
+        "{text}"
+    );
 
     // A pin directory below a regular file cannot even be examined: still one document.
     g.write_control("not-a-dir", "");

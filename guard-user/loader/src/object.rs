@@ -36,6 +36,25 @@ pub fn programs(pins: &PinDir) -> Result<Vec<(Hook, CgroupSockAddr)>, GuardError
         .collect()
 }
 
+/// Tags (the kernel's hash of the instructions) of this binary's own programs, loaded without
+/// pinning or attaching and freed again: equal to the pinned programs' tags when those came
+/// from this build.
+pub fn embedded_tags() -> Result<Vec<(Hook, u64)>, GuardError> {
+    let mut ebpf: Ebpf = EbpfLoader::new().load(EBPF_OBJECT).map_err(load_err)?;
+    Hook::ALL
+        .into_iter()
+        .map(|hook| {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(hook.name())
+                .ok_or(GuardError::MissingProgram(hook.name()))?
+                .try_into()
+                .map_err(|e: ProgramError| load_err(e))?;
+            prog.load().map_err(load_err)?;
+            Ok((hook, prog.info().map_err(load_err)?.tag()))
+        })
+        .collect()
+}
+
 fn attach_type(hook: Hook) -> aya::programs::CgroupSockAddrAttachType {
     match hook {
         Hook::Connect4 => aya::programs::CgroupSockAddrAttachType::Connect4,

@@ -1,7 +1,10 @@
 //! What `qmail-guard status` reports: attachments, entries per source, ports, counters.
 use std::collections::BTreeMap;
 
-use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{
+    ProgramInfo,
+    links::{FdLink, PinnedLink},
+};
 use serde::Serialize;
 
 use super::{
@@ -18,13 +21,21 @@ pub struct Attachment {
     pub hook: &'static str,
     pub link_id: Option<u32>,
     pub program_id: Option<u32>,
+    /// When the link was pinned (the pin's modification time), seconds since the epoch.
+    pub since_unix_time: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Status {
     /// At least one live link: the guard is in force for some cgroup.
     pub attached: bool,
+    /// The earliest pin time of the current links.
+    pub attached_since_unix_time: Option<u64>,
     pub pin_dir: String,
+    /// Tag (the kernel's hash of the instructions, hex) of each pinned program.
+    pub program_tags: BTreeMap<&'static str, String>,
+    /// Whether the pinned programs are this binary's own (None: could not tell).
+    pub program_matches_binary: Option<bool>,
     pub attachments: Vec<Attachment>,
     pub ports: Vec<u16>,
     pub entries_v4: usize,
@@ -84,6 +95,7 @@ pub fn status(pins: &PinDir) -> Result<Status, GuardError> {
                 hook: hook.name(),
                 link_id: info.as_ref().map(|i| i.id()),
                 program_id: info.as_ref().map(|i| i.program_id()),
+                since_unix_time: pin_time(&path),
             }
         })
         .collect();
@@ -95,8 +107,25 @@ pub fn status(pins: &PinDir) -> Result<Status, GuardError> {
         targets: d.targets,
         input_error: d.input_error,
     });
+    let pinned: Vec<(crate::Hook, Option<u64>)> = crate::Hook::ALL
+        .into_iter()
+        .map(|h| (h, ProgramInfo::from_pin(pins.prog(h)).ok().map(|i| i.tag())))
+        .collect();
+    let program_matches_binary = crate::object::embedded_tags()
+        .ok()
+        .map(|own| own.iter().all(|(h, t)| pinned.contains(&(*h, Some(*t)))));
     Ok(Status {
         attached: attachments.iter().any(|a| a.link_id.is_some()),
+        attached_since_unix_time: attachments
+            .iter()
+            .filter(|a| a.link_id.is_some())
+            .filter_map(|a| a.since_unix_time)
+            .min(),
+        program_tags: pinned
+            .iter()
+            .filter_map(|(h, t)| Some((h.name(), format!("{:016x}", (*t)?))))
+            .collect(),
+        program_matches_binary,
         last_sync: st.last_sync,
         daemon,
         pin_dir: pins.root.display().to_string(),
@@ -128,6 +157,20 @@ impl std::fmt::Display for Status {
                 a.hook, cg, a.cgroup_id
             )?;
         }
+        if let Some(t) = self.attached_since_unix_time {
+            writeln!(f, "attached since: {} ({})", when(t), ago(t))?;
+        }
+        let tags: Vec<String> = self
+            .program_tags
+            .iter()
+            .map(|(h, t)| format!("{h} {t}"))
+            .collect();
+        let matches = match self.program_matches_binary {
+            Some(true) => "this binary's programs",
+            Some(false) => "NOT this binary's programs: loaded by another build",
+            None => "cannot tell whether they are this binary's",
+        };
+        writeln!(f, "program tags:  {} ({matches})", tags.join(", "))?;
         let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
         writeln!(f, "guarded ports: {}", ports.join(" "))?;
         writeln!(
@@ -183,6 +226,11 @@ impl std::fmt::Display for Status {
         }
         Ok(())
     }
+}
+
+fn pin_time(path: &std::path::Path) -> Option<u64> {
+    let t = std::fs::metadata(path).ok()?.modified().ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs())
 }
 
 fn when(unix: u64) -> String {
