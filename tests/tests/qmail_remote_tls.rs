@@ -21,6 +21,10 @@ const A_PLAIN: &str = "203.0.113.26";
 const A_LOGIN: &str = "203.0.113.27";
 /// A scripted server that offers STARTTLS but breaks the handshake.
 const A_BROKEN: &str = "203.0.113.28";
+/// Exim with a certificate that has a commonName but no subjectAltName.
+const A_CN: &str = "203.0.113.29";
+/// Exim with a certificate that has neither.
+const A_NOCN: &str = "203.0.113.30";
 
 const MSG: &[u8] = b"From: s@x.test\nSubject: tls\n\nhello over TLS\n";
 
@@ -34,7 +38,7 @@ struct World {
 /// The scene, the CA `ca` with a server certificate for mx.tls.test (and login.tls.test), a
 /// second CA `other`, DNS for every test name, and a qmail home.
 fn world() -> World {
-    let scene = MxScene::new(&[A_TLS, A_PLAIN, A_LOGIN, A_BROKEN]);
+    let scene = MxScene::new(&[A_TLS, A_PLAIN, A_LOGIN, A_BROKEN, A_CN, A_NOCN]);
     let pki = Pki::new();
     pki.ca("ca");
     pki.ca("other");
@@ -57,6 +61,12 @@ fn world() -> World {
             &format!("host-record=login.tls.test,{A_LOGIN}"),
             "mx-host=broken.test,broken.tls.test,10",
             &format!("host-record=broken.tls.test,{A_BROKEN}"),
+            "mx-host=cn.test,cn.tls.test,10",
+            &format!("host-record=cn.tls.test,{A_CN}"),
+            "mx-host=cnwrong.test,cnalias.tls.test,10",
+            &format!("host-record=cnalias.tls.test,{A_CN}"),
+            "mx-host=nocn.test,nocn.tls.test,10",
+            &format!("host-record=nocn.tls.test,{A_NOCN}"),
         ],
     );
     let home = QmailHome::new();
@@ -390,5 +400,48 @@ fn size_is_announced_when_offered() {
                 .as_bytes()
         ),
         "{out}"
+    );
+}
+
+/// Without a dNSName subjectAltName the first commonName is compared (as the TLS patch and
+/// OpenSSL's host check do); without either, T9.
+#[test]
+fn common_name_fallback() {
+    let w = world();
+    let cn = w.pki.server("cn", "ca", "cn.tls.test", &[]);
+    let nocn = w.pki.server("nocn", "ca", "", &[]);
+    let _cn = w.exim(
+        A_CN,
+        EximOptions {
+            tls: Some(cn),
+            ..EximOptions::default()
+        },
+    );
+    let _nocn = w.exim(
+        A_NOCN,
+        EximOptions {
+            tls: Some(nocn),
+            ..EximOptions::default()
+        },
+    );
+    w.pin("cn.tls.test", "ca.pem");
+    expect_k(&w.run("cn.test"), A_CN);
+    w.pin("cnalias.tls.test", "ca.pem");
+    w.run("cnwrong.test").expect(
+        format!(
+            "ZTLS unable to verify server cnalias.tls.test: received certificate for \
+             cn.tls.test; connected to {A_CN}.\n\0"
+        )
+        .as_bytes(),
+        b'Z',
+    );
+    w.pin("nocn.tls.test", "ca.pem");
+    w.run("nocn.test").expect(
+        format!(
+            "ZTLS unable to verify server nocn.tls.test: certificate contains no valid \
+             commonName; connected to {A_NOCN}.\n\0"
+        )
+        .as_bytes(),
+        b'Z',
     );
 }
