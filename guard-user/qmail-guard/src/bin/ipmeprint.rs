@@ -64,23 +64,63 @@ fn main() -> ExitCode {
 
 fn print(set: &IpmeSet, verbose: bool) -> io::Result<()> {
     let mut out = io::BufWriter::new(io::stdout().lock());
-    for me in [true, false] {
-        for e in set.entries().iter().filter(|e| e.is_me() == me) {
-            writeln!(out, "{}", line(e, verbose))?;
-        }
+    for l in lines(set.entries(), verbose) {
+        writeln!(out, "{l}")?;
     }
     out.flush()
 }
 
-fn line(e: &Entry, verbose: bool) -> String {
+/// "Is me" lines first, then "is not me"; with `verbose`, the sources start in one column.
+fn lines(entries: &[Entry], verbose: bool) -> Vec<String> {
+    let ordered: Vec<&Entry> = [true, false]
+        .into_iter()
+        .flat_map(|me| entries.iter().filter(move |e| e.is_me() == me))
+        .collect();
+    let heads: Vec<String> = ordered.iter().map(|e| head(e)).collect();
+    if !verbose {
+        return heads;
+    }
+    let width = heads.iter().map(String::len).max().unwrap_or(0);
+    heads
+        .iter()
+        .zip(&ordered)
+        .map(|(h, e)| format!("{h:<width$}  # {}", e.source))
+        .collect()
+}
+
+fn head(e: &Entry) -> String {
     let net = match e.net {
         IpNet::V4(n) => format!("{}/{}", n.network(), n.netmask()),
         IpNet::V6(n) => format!("{}/{}", n.network(), n.prefix_len()),
     };
     let what = if e.is_me() { "is me" } else { "is not me" };
-    if verbose {
-        format!("{net} {what}\t# {}", e.source)
-    } else {
-        format!("{net} {what}")
+    format!("{net} {what}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipme::Source;
+
+    #[test]
+    fn verbose_sources_start_in_one_column() {
+        let e = |net: &str, source| Entry {
+            net: net.parse().expect("test prefix"),
+            source,
+        };
+        let entries = [
+            e("127.0.0.0/8", Source::Builtin),
+            e("2001:db8::/32", Source::MoreIpme { line: 2 }),
+            e("192.0.2.7/32", Source::NotIpme { line: 1 }),
+        ];
+        let l = lines(&entries, true);
+        assert_eq!(l.len(), 3);
+        assert!(
+            l[2].starts_with("192.0.2.7/255.255.255.255 is not me  # "),
+            "{l:?}"
+        );
+        let cols: Vec<usize> = l.iter().filter_map(|s| s.find("  # ")).collect();
+        assert_eq!(cols, vec![cols[2]; 3], "{l:#?}");
+        assert_eq!(lines(&entries, false)[0], "127.0.0.0/255.0.0.0 is me");
     }
 }
