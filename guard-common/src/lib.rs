@@ -5,8 +5,22 @@
 #![no_std]
 
 /// Map names (<= 15 bytes: the kernel truncates longer names).
+///
+/// The ipme set lives in two generations of tries per family; the program reads the one-element
+/// `IPME_GEN` array and looks up the trie of index `active_index(generation)`. A writer fills the
+/// standby tries, then flips the generation with one map update, so a set change becomes
+/// visible to connects all at once.
+pub const MAP_IPME_GEN: &str = "IPME_GEN";
+/// Kernel names of the IPv4 tries, by index.
+pub const MAP_IPME_V4_TRIES: [&str; 2] = ["IPME_V4_0", "IPME_V4_1"];
+/// Kernel names of the IPv6 tries, by index.
+pub const MAP_IPME_V6_TRIES: [&str; 2] = ["IPME_V6_0", "IPME_V6_1"];
+/// Pin names of the active tries (what `bpftool map dump pinned …/maps/IPME_V4` shows: the set in
+/// force). The standby tries are pinned as `<name>_STANDBY` (bpffs refuses dots in names).
 pub const MAP_IPME_V4: &str = "IPME_V4";
 pub const MAP_IPME_V6: &str = "IPME_V6";
+/// Suffix of the standby tries' pin names.
+pub const STANDBY_SUFFIX: &str = "_STANDBY";
 pub const MAP_PORTS: &str = "PORTS";
 pub const MAP_STATS: &str = "STATS";
 
@@ -17,6 +31,11 @@ pub const PROG_CONNECT6: &str = "connect6";
 /// Capacity of each ipme trie. LPM tries are never preallocated, so an unused capacity costs
 /// nothing; it is large enough for the 1M-entry benchmark.
 pub const MAX_IPME_ENTRIES: usize = 1 << 21;
+/// Index of the tries a generation selects (0 or 1): the parity, so a wrapping counter alternates.
+pub const fn active_index(generation: u32) -> usize {
+    (generation & 1) as usize
+}
+
 /// Capacity of the guarded-port set.
 pub const MAX_PORTS: usize = 64;
 /// Default guarded port: SMTP.

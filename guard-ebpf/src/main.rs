@@ -6,17 +6,17 @@
 #![no_std]
 #![no_main]
 
+mod ipme;
+
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    btf_maps::{HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    btf_maps::{HashMap, PerCpuArray},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_set_retval},
     macros::{btf_map, cgroup_sock_addr},
     programs::SockAddrContext,
 };
 use aya_log_ebpf::info;
-use guard_common::{
-    IpmeValue, Ipv4Data, Ipv6Data, MAX_IPME_ENTRIES, MAX_PORTS, PortValue, Stats, tag,
-};
+use guard_common::{MAX_PORTS, PortValue, Stats, tag};
 
 /// Verdicts of a cgroup sock_addr program.
 const ALLOW: i32 = 1;
@@ -25,10 +25,6 @@ const REFUSE: i32 = 0;
 /// so qmail-remote can map it to perm_ambigmx without confusing it with a firewall.
 const ELOOP: i32 = 40;
 
-#[btf_map]
-static IPME_V4: LpmTrie<Ipv4Data, IpmeValue, MAX_IPME_ENTRIES> = LpmTrie::new();
-#[btf_map]
-static IPME_V6: LpmTrie<Ipv6Data, IpmeValue, MAX_IPME_ENTRIES> = LpmTrie::new();
 #[btf_map]
 static PORTS: HashMap<u16, PortValue, MAX_PORTS> = HashMap::new();
 #[btf_map]
@@ -42,6 +38,7 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
     if !port_guarded(port) {
         return ALLOW;
     }
+    variant_marker();
     check_v4(&ctx, sa.user_ip4, port)
 }
 
@@ -53,6 +50,7 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
     if !port_guarded(port) {
         return ALLOW;
     }
+    variant_marker();
     let w = [
         sa.user_ip6[0],
         sa.user_ip6[1],
@@ -68,7 +66,7 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
     addr[4..8].copy_from_slice(&w[1].to_ne_bytes());
     addr[8..12].copy_from_slice(&w[2].to_ne_bytes());
     addr[12..16].copy_from_slice(&w[3].to_ne_bytes());
-    match IPME_V6.get(&Key::new(128, addr)) {
+    match ipme::lookup_v6(addr) {
         Some(v) if v.is_me() => {
             let t = v.tag;
             count(|s| s.refused_v6 += 1);
@@ -92,7 +90,7 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
 /// `user_ip4` holds the address in network byte order, so its in-memory bytes are the octets.
 fn check_v4(ctx: &SockAddrContext, ip4_be: u32, port: u16) -> i32 {
     let addr = ip4_be.to_ne_bytes();
-    match IPME_V4.get(&Key::new(32, addr)) {
+    match ipme::lookup_v4(addr) {
         Some(v) if v.is_me() => {
             let t = v.tag;
             count(|s| s.refused_v4 += 1);
@@ -117,6 +115,18 @@ fn check_v4(ctx: &SockAddrContext, ip4_be: u32, port: u16) -> i32 {
 #[inline(always)]
 fn dest_port(sa: &bpf_sock_addr) -> u16 {
     u16::from_be(sa.user_port as u16)
+}
+
+/// The upgrade test needs a build whose programs differ from the default one: this feature
+/// adds a volatile no-op read, which changes the instructions (and so the program tags) only.
+#[inline(always)]
+fn variant_marker() {
+    #[cfg(feature = "upgrade-test-variant")]
+    {
+        let marker = 0x5147_u32;
+        // SAFETY: a read of a live local.
+        let _ = unsafe { core::ptr::read_volatile(&marker) };
+    }
 }
 
 #[inline(always)]

@@ -18,9 +18,16 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("guard-ebpf manifest has no parent"))?;
+    // The upgrade test's second build: same code, programs that differ by a no-op.
+    let features: &[&str] = if std::env::var_os("CARGO_FEATURE_UPGRADE_TEST_VARIANT").is_some() {
+        &["upgrade-test-variant"]
+    } else {
+        &[]
+    };
     let package = aya_build::Package {
         name: ebpf.name.as_str(),
         root_dir: root_dir.as_str(),
+        features,
         ..Default::default()
     };
     quiet_inner_cargo();

@@ -137,6 +137,31 @@ fn collect<'a>(v: &'a Value, name: &str, out: &mut Vec<&'a Value>) {
     }
 }
 
+/// `bpftool -j prog show pinned PATH`: (id, tag) of a pinned program.
+pub fn prog_id_tag(pinned: &Path) -> (u64, String) {
+    let v = json(&["prog", "show", "pinned"], pinned);
+    let id = v["id"].as_u64().unwrap_or_else(|| {
+        panic!(
+            "bpftool prog show pinned {}: no id in {v}",
+            pinned.display()
+        )
+    });
+    (id, v["tag"].as_str().unwrap_or_default().to_string())
+}
+
+/// The ids of the programs attached to `cgroup`'s connect4 and connect6 hooks.
+pub fn connect_hook_programs(cgroup: &Path) -> (Vec<u64>, Vec<u64>) {
+    let entries = cgroup_show(cgroup);
+    let ids = |v6| {
+        entries
+            .iter()
+            .filter(|e| is_connect_hook(e, v6))
+            .filter_map(|e| e["id"].as_u64())
+            .collect()
+    };
+    (ids(false), ids(true))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

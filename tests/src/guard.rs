@@ -83,7 +83,12 @@ impl<'a> Guard<'a> {
     /// `qmail-guard ARGS… --pin-dir DIR`, run inside the netns (joined with setns, which keeps
     /// cgroupfs and bpffs visible, unlike `ip netns exec`) and outside any test cgroup.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.bin);
+        self.command_with(&self.bin, args)
+    }
+
+    /// `command` with another build of qmail-guard (the upgrade test's variant).
+    pub fn command_with(&self, bin: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(bin);
         c.args(args).arg("--pin-dir").arg(&self.pin_dir);
         // The home is always passed explicitly; a QMAILHOME from the caller must not leak in.
         c.env_remove("QMAILHOME");

@@ -9,6 +9,7 @@ pub mod bins;
 pub mod bpftool;
 pub mod cgroup;
 pub mod cmd;
+pub mod connect_loop;
 pub mod daemon;
 pub mod dnsmasq;
 pub mod errno;

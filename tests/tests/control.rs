@@ -104,7 +104,14 @@ fn sync_applies_control_and_interface_changes_in_place() {
     let g = Guard::new(&mh.host);
     scene::write_control(&g);
     g.attach(&mh.cgroup);
-    let ids = || ["IPME_V4", "IPME_V6"].map(|m| bpftool::map_id(&g.map(m)));
+    // Two generations of tries per family: a sync flips which one is pinned as IPME_V4, but
+    // the four maps stay the same objects.
+    let ids = || {
+        let mut v = ["IPME_V4", "IPME_V4_STANDBY", "IPME_V6", "IPME_V6_STANDBY"]
+            .map(|m| bpftool::map_id(&g.map(m)));
+        v.sort_unstable();
+        v
+    };
     let before = ids();
     // A new interface address: the guard only learns about it through sync.
     let new_if = "192.0.2.11";

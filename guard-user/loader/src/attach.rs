@@ -4,6 +4,7 @@ use std::{borrow::Borrow, collections::BTreeSet, fs::File, path::PathBuf};
 use aya::programs::{CgroupAttachMode, links::FdLink, links::PinnedLink};
 
 use super::{GuardError, GuardMaps, Hook, PinDir, SyncReport, limits, object};
+use crate::object::Upgrade;
 use ipme::IpmeSet;
 
 use crate::cgroup::Cgroup;
@@ -15,6 +16,8 @@ pub struct AttachReport {
     /// Hooks that were already attached to this cgroup (attach is idempotent).
     pub already: Vec<&'static str>,
     pub sync: SyncReport,
+    /// Some when this binary's programs replaced different pinned ones.
+    pub upgrade: Option<Upgrade>,
 }
 
 /// Loads (or reuses) the programs and maps, fills the maps, attaches both hooks to `cgroup`
@@ -79,7 +82,7 @@ fn remove_created(pins: &PinDir, created_dir: bool, fresh: bool) {
 
 /// The ports to write: the given ones, else none (keep what is pinned), else the default for
 /// a guard that has no ports yet.
-fn ports_to_write(
+pub(crate) fn ports_to_write(
     maps: &GuardMaps,
     ports: Option<&BTreeSet<u16>>,
 ) -> Result<Option<BTreeSet<u16>>, GuardError> {
@@ -97,19 +100,16 @@ fn attach_inner(
     ports: Option<&BTreeSet<u16>>,
     pinned_now: &mut Vec<PathBuf>,
 ) -> Result<AttachReport, GuardError> {
-    let programs = object::programs(pins)?;
     // Maps are filled before the first attach, so the guard is complete the moment it applies.
-    let mut maps = GuardMaps::open(pins)?;
-    if let Some(p) = ports_to_write(&maps, ports)? {
-        maps.set_ports(&p)?;
-    }
-    let sync = maps.sync(set)?;
+    let installed = object::install(pins, set, ports)?;
+    let (programs, sync, upgrade) = (installed.programs, installed.sync, installed.upgrade);
     let cg = File::open(&cgroup.path)
         .map_err(|e| GuardError::Attach(cgroup.path.clone(), e.to_string()))?;
     let mut report = AttachReport {
         attached: Vec::new(),
         already: Vec::new(),
         sync,
+        upgrade,
     };
     for (hook, mut prog) in programs {
         let path = pins.link(cgroup.id, hook);
@@ -143,8 +143,22 @@ pub fn prepare(
     pins: &PinDir,
     set: &IpmeSet,
     ports: &BTreeSet<u16>,
-) -> Result<SyncReport, GuardError> {
+) -> Result<Prepared, GuardError> {
     prepare_with(pins, Some(ports), || Ok(set))
+}
+
+/// What `prepare` did: the map update, and an in-place program upgrade if there was one.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub sync: SyncReport,
+    pub upgrade: Option<Upgrade>,
+}
+
+impl std::ops::Deref for Prepared {
+    type Target = SyncReport;
+    fn deref(&self) -> &SyncReport {
+        &self.sync
+    }
 }
 
 /// [`prepare`], computing the set under the lock as [`attach_with`] does.
@@ -152,7 +166,7 @@ pub fn prepare_with<S: Borrow<IpmeSet>>(
     pins: &PinDir,
     ports: Option<&BTreeSet<u16>>,
     compute: impl FnOnce() -> Result<S, GuardError>,
-) -> Result<SyncReport, GuardError> {
+) -> Result<Prepared, GuardError> {
     if let Some(p) = ports {
         limits::check_ports(p)?;
     }
@@ -163,12 +177,11 @@ pub fn prepare_with<S: Borrow<IpmeSet>>(
         let set = compute()?;
         let set = set.borrow();
         limits::check_capacity(set)?;
-        object::programs(pins)?;
-        let mut maps = GuardMaps::open(pins)?;
-        if let Some(p) = ports_to_write(&maps, ports)? {
-            maps.set_ports(&p)?;
-        }
-        maps.sync(set)
+        let installed = object::install(pins, set, ports)?;
+        Ok(Prepared {
+            sync: installed.sync,
+            upgrade: installed.upgrade,
+        })
     })();
     if result.is_err() {
         remove_created(pins, created, fresh);

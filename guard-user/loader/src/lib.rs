@@ -4,6 +4,7 @@ pub mod attach;
 pub mod cgroup;
 pub mod diff;
 pub mod encode;
+pub mod generation;
 pub mod limits;
 pub mod maps;
 pub mod object;
@@ -51,6 +52,16 @@ pub enum GuardError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error(
+        "pin {} holds map {:?}, not one of the guard's tries; run `qmail-guard detach --all` and attach again", .0.display(), .1
+    )]
+    Layout(PathBuf, String),
+    #[error(
+        "the pins in {} are from an earlier qmail-guard (one trie per family); run `qmail-guard attach` (or restart `qmail-guard run`) to migrate them without a gap", .0.display()
+    )]
+    OldLayout(PathBuf),
+    #[error("cannot wait for running BPF programs to finish")]
+    Barrier(#[source] std::io::Error),
     #[error(
         "the kernel refused the guard programs ({0}); it needs BPF, BTF and cgroup-bpf (CONFIG_CGROUP_BPF) and root"
     )]

@@ -1,11 +1,18 @@
 //! The compiled guard-ebpf object, embedded at build time, and loading it.
+use std::{collections::BTreeSet, os::fd::AsFd as _, path::PathBuf};
+
 use aya::{
     Ebpf, EbpfLoader,
     programs::{CgroupSockAddr, ProgramError},
 };
-use guard_common::{MAP_IPME_V4, MAP_IPME_V6, MAP_PORTS, MAP_STATS};
+use guard_common::{
+    MAP_IPME_GEN, MAP_IPME_V4, MAP_IPME_V4_TRIES, MAP_IPME_V6, MAP_IPME_V6_TRIES, MAP_PORTS,
+    MAP_STATS,
+};
+use ipme::IpmeSet;
 
-use super::{GuardError, Hook, PinDir};
+use super::{GuardError, GuardMaps, Hook, PinDir, SyncReport};
+use crate::maps::{standby_path, trie_index};
 
 /// Built by guard-loader's build.rs with aya-build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf"));
@@ -20,12 +27,183 @@ fn load_err(e: impl std::fmt::Display) -> GuardError {
     GuardError::Load(first.lines().next().unwrap_or_default().to_string())
 }
 
-/// The two programs, from their pins when present, else freshly loaded, verified and pinned
-/// (maps are created at, or reused from, their pin paths).
-pub fn programs(pins: &PinDir) -> Result<Vec<(Hook, CgroupSockAddr)>, GuardError> {
-    if !Hook::ALL.iter().all(|h| pins.prog(*h).exists()) {
-        load_and_pin(pins)?;
+/// What `install` found and did to the programs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Upgrade {
+    /// Tag of the program that was pinned before (connect4), if any.
+    pub from_tag: Option<String>,
+    pub to_tag: String,
+    /// Links switched to the new programs in place.
+    pub links: usize,
+    /// Whether the pins had the layout of an earlier qmail-guard and were migrated.
+    pub migrated: bool,
+}
+
+/// Programs ready to attach, and the maps filled with the set.
+pub struct Installed {
+    pub programs: Vec<(Hook, CgroupSockAddr)>,
+    pub sync: SyncReport,
+    /// Some when the pinned programs were replaced by this binary's.
+    pub upgrade: Option<Upgrade>,
+}
+
+/// How the pin directory is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Empty,
+    /// One trie per family, no generation (qmail-guard before atomic set changes).
+    Old,
+    Generations,
+}
+
+fn layout(pins: &PinDir) -> Layout {
+    if pins.map(MAP_IPME_GEN).exists() {
+        Layout::Generations
+    } else if pins.map(MAP_IPME_V4).exists() {
+        Layout::Old
+    } else {
+        Layout::Empty
     }
+}
+
+/// A program tag as bpftool prints it.
+pub fn tag_hex(tag: u64) -> String {
+    format!("{tag:016x}")
+}
+
+/// The tag of the program pinned for `hook`, if any.
+pub fn pinned_tag(pins: &PinDir, hook: Hook) -> Option<u64> {
+    aya::programs::ProgramInfo::from_pin(pins.prog(hook))
+        .ok()
+        .map(|i| i.tag())
+}
+
+fn load_program(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut CgroupSockAddr, GuardError> {
+    let prog: &mut CgroupSockAddr = ebpf
+        .program_mut(hook.name())
+        .ok_or(GuardError::MissingProgram(hook.name()))?
+        .try_into()
+        .map_err(|e: ProgramError| load_err(e))?;
+    prog.load().map_err(load_err)?;
+    Ok(prog)
+}
+
+/// Makes the pinned programs this binary's and the maps hold `set` and `ports`; the caller
+/// holds the pin-directory lock.
+///
+/// - Nothing pinned: loads the object, fills the maps, pins everything.
+/// - The same programs pinned: updates the maps in place.
+/// - Different programs pinned (a new binary): loads this binary's programs on the pinned maps
+///   (or on new maps, migrating pins from an earlier layout), fills the maps, then switches
+///   every pinned link to the new programs with BPF_LINK_UPDATE and re-pins: each cgroup runs
+///   the old program until the instant it runs the new one, never none.
+pub fn install(
+    pins: &PinDir,
+    set: &IpmeSet,
+    ports: Option<&BTreeSet<u16>>,
+) -> Result<Installed, GuardError> {
+    let layout = layout(pins);
+    let mut loader = EbpfLoader::new();
+    let mut reused: Vec<(&str, PathBuf)> = Vec::new();
+    match layout {
+        Layout::Generations => {
+            reused.push((MAP_IPME_GEN, pins.map(MAP_IPME_GEN)));
+            for (name, names) in [
+                (MAP_IPME_V4, &MAP_IPME_V4_TRIES),
+                (MAP_IPME_V6, &MAP_IPME_V6_TRIES),
+            ] {
+                for path in [pins.map(name), standby_path(pins, name)] {
+                    reused.push((names[trie_index(&path, names)?], path));
+                }
+            }
+            reused.push((MAP_PORTS, pins.map(MAP_PORTS)));
+            reused.push((MAP_STATS, pins.map(MAP_STATS)));
+        }
+        // Ports and counters carry over; the tries and the generation are new.
+        Layout::Old => {
+            reused.push((MAP_PORTS, pins.map(MAP_PORTS)));
+            reused.push((MAP_STATS, pins.map(MAP_STATS)));
+        }
+        Layout::Empty => {}
+    }
+    for (name, path) in &reused {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf: Ebpf = loader.load(EBPF_OBJECT).map_err(load_err)?;
+    let mut tags = Vec::new();
+    for hook in Hook::ALL {
+        tags.push(
+            load_program(&mut ebpf, hook)?
+                .info()
+                .map_err(load_err)?
+                .tag(),
+        );
+    }
+    let pinned: Vec<Option<u64>> = Hook::ALL.iter().map(|h| pinned_tag(pins, *h)).collect();
+    let same =
+        layout == Layout::Generations && pinned.iter().zip(&tags).all(|(p, t)| *p == Some(*t));
+    if same {
+        // The running programs are this binary's: drop the fresh copies, update in place.
+        drop(ebpf);
+        let mut maps = GuardMaps::open(pins)?;
+        if let Some(p) = crate::attach::ports_to_write(&maps, ports)? {
+            maps.set_ports(&p)?;
+        }
+        let sync = maps.sync(set)?;
+        return Ok(Installed {
+            programs: pinned_programs(pins)?,
+            sync,
+            upgrade: None,
+        });
+    }
+
+    // Fill first: the new programs must find the whole set the moment they run.
+    let mut maps = GuardMaps::from_ebpf(&mut ebpf)?;
+    if let Some(p) = crate::attach::ports_to_write(&maps, ports)? {
+        maps.set_ports(&p)?;
+    }
+    let sync = maps.sync(set)?;
+    maps.pin_all(pins)?;
+    let links = pins.pinned_links();
+    let mut switched = 0;
+    for hook in Hook::ALL {
+        let prog = program(&mut ebpf, hook)?;
+        let fd = prog.fd().map_err(load_err)?;
+        for (_, _, path) in links.iter().filter(|(_, h, _)| *h == hook) {
+            super::sys::link_update(path, fd.as_fd())
+                .map_err(|e| GuardError::Link(path.clone(), format!("BPF_LINK_UPDATE: {e}")))?;
+            switched += 1;
+        }
+        // Pin under a temporary name, then rename over the old pin: the name never dangles.
+        let path = pins.prog(hook);
+        let tmp = crate::pins::temporary(&path);
+        let _ = std::fs::remove_file(&tmp);
+        prog.pin(&tmp)
+            .map_err(|e| GuardError::PinIo(tmp.clone(), std::io::Error::other(e.to_string())))?;
+        std::fs::rename(&tmp, &path).map_err(|e| GuardError::PinIo(path.clone(), e))?;
+    }
+    let upgrade = pinned[0].map(|from| Upgrade {
+        from_tag: Some(tag_hex(from)),
+        to_tag: tag_hex(tags[0]),
+        links: switched,
+        migrated: layout == Layout::Old,
+    });
+    Ok(Installed {
+        programs: pinned_programs(pins)?,
+        sync,
+        upgrade,
+    })
+}
+
+fn program(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut CgroupSockAddr, GuardError> {
+    ebpf.program_mut(hook.name())
+        .ok_or(GuardError::MissingProgram(hook.name()))?
+        .try_into()
+        .map_err(|e: ProgramError| load_err(e))
+}
+
+/// The pinned programs, ready to attach.
+pub fn pinned_programs(pins: &PinDir) -> Result<Vec<(Hook, CgroupSockAddr)>, GuardError> {
     Hook::ALL
         .into_iter()
         .map(|hook| {
@@ -60,30 +238,4 @@ fn attach_type(hook: Hook) -> aya::programs::CgroupSockAddrAttachType {
         Hook::Connect4 => aya::programs::CgroupSockAddrAttachType::Connect4,
         Hook::Connect6 => aya::programs::CgroupSockAddrAttachType::Connect6,
     }
-}
-
-fn load_and_pin(pins: &PinDir) -> Result<(), GuardError> {
-    let paths: Vec<_> = [MAP_IPME_V4, MAP_IPME_V6, MAP_PORTS, MAP_STATS]
-        .into_iter()
-        .map(|name| (name, pins.map(name)))
-        .collect();
-    let mut loader = EbpfLoader::new();
-    for (name, path) in &paths {
-        loader.map_pin_path(name, path.as_path());
-    }
-    let mut ebpf: Ebpf = loader.load(EBPF_OBJECT).map_err(load_err)?;
-    for hook in Hook::ALL {
-        let prog: &mut CgroupSockAddr = ebpf
-            .program_mut(hook.name())
-            .ok_or(GuardError::MissingProgram(hook.name()))?
-            .try_into()
-            .map_err(|e: ProgramError| load_err(e))?;
-        prog.load().map_err(load_err)?;
-        let path = pins.prog(hook);
-        // A stale pin from an interrupted run would make pinning fail.
-        let _ = std::fs::remove_file(&path);
-        prog.pin(&path)
-            .map_err(|e| GuardError::PinIo(path, std::io::Error::other(e.to_string())))?;
-    }
-    Ok(())
 }

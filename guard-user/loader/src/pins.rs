@@ -230,6 +230,14 @@ impl PinDir {
     }
 }
 
+/// A name beside `path` to pin an object under before renaming it over `path` (bpffs refuses
+/// dots in names, hence a suffix).
+pub fn temporary(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push("_new");
+    path.with_file_name(name)
+}
+
 /// Holds the pin directory's lock until dropped.
 #[derive(Debug)]
 pub struct PinLock {

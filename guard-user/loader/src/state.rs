@@ -32,6 +32,9 @@ pub struct LastSync {
     pub entries: usize,
     pub upserted: usize,
     pub removed: usize,
+    /// The generation in force after it.
+    #[serde(default)]
+    pub generation: u32,
 }
 
 /// The daemon that keeps this pin directory current.
@@ -150,6 +153,7 @@ fn record_sync_at(path: &Path, by: &str, report: &SyncReport) -> io::Result<()> 
         entries: report.total,
         upserted: report.upserted,
         removed: report.removed,
+        generation: report.generation,
     });
     store_at(path, &state)
 }
@@ -182,6 +186,7 @@ mod tests {
             upserted: 2,
             removed: 1,
             total: 7,
+            generation: 3,
         };
         record_sync_at(&path, "sync", &r).unwrap();
         let last = load_from(&path).last_sync.unwrap();

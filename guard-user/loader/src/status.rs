@@ -36,6 +36,8 @@ pub struct Status {
     pub program_tags: BTreeMap<&'static str, String>,
     /// Whether the pinned programs are this binary's own (None: could not tell).
     pub program_matches_binary: Option<bool>,
+    /// The generation of the set in force (it moves by one with every change of the set).
+    pub generation: u32,
     pub attachments: Vec<Attachment>,
     pub ports: Vec<u16>,
     pub entries_v4: usize,
@@ -129,6 +131,7 @@ pub fn status(pins: &PinDir) -> Result<Status, GuardError> {
         last_sync: st.last_sync,
         daemon,
         pin_dir: pins.root.display().to_string(),
+        generation: maps.generation()?,
         attachments,
         ports: maps.ports()?.into_iter().collect(),
         entries_v4: v4.len(),
@@ -175,8 +178,8 @@ impl std::fmt::Display for Status {
         writeln!(f, "guarded ports: {}", ports.join(" "))?;
         writeln!(
             f,
-            "entries:       {} IPv4, {} IPv6",
-            self.entries_v4, self.entries_v6
+            "entries:       {} IPv4, {} IPv6 (generation {})",
+            self.entries_v4, self.entries_v6, self.generation
         )?;
         for (source, n) in &self.entries_by_source {
             writeln!(f, "  {source:<12} {n}")?;

@@ -13,10 +13,13 @@ use std::{
 
 use aya_obj::generated::{
     bpf_attach_type::{BPF_CGROUP_INET4_CONNECT, BPF_CGROUP_INET6_CONNECT},
-    bpf_attr, bpf_attr__bindgen_ty_5, bpf_attr__bindgen_ty_9, bpf_attr__bindgen_ty_10,
-    bpf_attr__bindgen_ty_10__bindgen_ty_1, bpf_attr__bindgen_ty_10__bindgen_ty_2, bpf_cmd,
-    bpf_link_info,
+    bpf_attr, bpf_attr__bindgen_ty_1, bpf_attr__bindgen_ty_2, bpf_attr__bindgen_ty_2__bindgen_ty_1,
+    bpf_attr__bindgen_ty_5, bpf_attr__bindgen_ty_9, bpf_attr__bindgen_ty_10,
+    bpf_attr__bindgen_ty_10__bindgen_ty_1, bpf_attr__bindgen_ty_10__bindgen_ty_2,
+    bpf_attr__bindgen_ty_15, bpf_attr__bindgen_ty_15__bindgen_ty_1,
+    bpf_attr__bindgen_ty_15__bindgen_ty_2, bpf_cmd, bpf_link_info,
     bpf_link_type::BPF_LINK_TYPE_CGROUP,
+    bpf_map_type::{BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_ARRAY_OF_MAPS},
 };
 
 use super::Hook;
@@ -141,6 +144,106 @@ pub fn attached_programs(cgroup: &Path, hook: Hook) -> io::Result<Vec<u32>> {
             Err(e) => return Err(e),
         }
     }
+}
+
+fn map_create(map_type: u32, inner_map_fd: Option<&OwnedFd>, name: &[u8]) -> io::Result<OwnedFd> {
+    // SAFETY: the map-create member is integers and a char array; all-zero is valid.
+    let zero: bpf_attr__bindgen_ty_1 = unsafe { std::mem::zeroed() };
+    let mut map_name = [0 as std::ffi::c_char; 16];
+    for (d, s) in map_name.iter_mut().zip(name.iter().take(15)) {
+        *d = *s as std::ffi::c_char;
+    }
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_1 = bpf_attr__bindgen_ty_1 {
+        map_type,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+        inner_map_fd: inner_map_fd.map_or(0, |fd| fd.as_raw_fd() as u32),
+        map_name,
+        ..zero
+    };
+    let fd = bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr)?;
+    // SAFETY: BPF_MAP_CREATE returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Waits until every BPF program run that started before the call has finished.
+///
+/// cgroup programs run inside an RCU read-side section, and updating an array of maps with a
+/// map makes the kernel wait for an RCU grace period before the syscall returns (so that user
+/// space knows no program still uses the old inner map; the kernel's own selftests rely on
+/// it). A private pair of maps is enough: the wait is global. Used before rewriting a trie that
+/// programs may still be reading.
+pub struct RcuBarrier {
+    outer: OwnedFd,
+    inner: OwnedFd,
+}
+
+impl RcuBarrier {
+    pub fn new() -> io::Result<Self> {
+        let inner = map_create(BPF_MAP_TYPE_ARRAY as u32, None, b"qg_barrier_in")?;
+        let outer = map_create(
+            BPF_MAP_TYPE_ARRAY_OF_MAPS as u32,
+            Some(&inner),
+            b"qg_barrier",
+        )?;
+        Ok(RcuBarrier { outer, inner })
+    }
+
+    pub fn wait(&self) -> io::Result<()> {
+        let key = 0u32;
+        let value = self.inner.as_raw_fd() as u32;
+        let mut attr = zeroed_attr();
+        attr.__bindgen_anon_2 = bpf_attr__bindgen_ty_2 {
+            map_fd: self.outer.as_raw_fd() as u32,
+            key: std::ptr::from_ref(&key) as u64,
+            __bindgen_anon_1: bpf_attr__bindgen_ty_2__bindgen_ty_1 {
+                value: std::ptr::from_ref(&value) as u64,
+            },
+            flags: 0,
+        };
+        bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+    }
+}
+
+/// Makes the link pinned at `link` run `new_prog` instead of its current program, in one step
+/// (BPF_LINK_UPDATE): the cgroup is never without a program.
+pub fn link_update(link: &Path, new_prog: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    let fd = obj_get(link)?;
+    let mut attr = zeroed_attr();
+    attr.link_update = bpf_attr__bindgen_ty_15 {
+        link_fd: fd.as_raw_fd() as u32,
+        __bindgen_anon_1: bpf_attr__bindgen_ty_15__bindgen_ty_1 {
+            new_prog_fd: new_prog.as_raw_fd() as u32,
+        },
+        flags: 0,
+        __bindgen_anon_2: bpf_attr__bindgen_ty_15__bindgen_ty_2 { old_prog_fd: 0 },
+    };
+    bpf(bpf_cmd::BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+/// Swaps two names on the same filesystem atomically (renameat2 RENAME_EXCHANGE): both paths
+/// exist at every instant.
+pub fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
+    let ca = CString::new(a.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let cb = CString::new(b.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: two NUL-terminated paths that outlive the call.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -110,9 +110,13 @@ pub enum Command {
         pins: Pins,
     },
     /// Print every entry of the ipme set computed now, with its source.
+    /// When attached, a first comment line gives the generation in force and whether the
+    /// kernel's set is this computed one.
     Print {
         #[command(flatten)]
         home: Home,
+        #[command(flatten)]
+        pins: Pins,
     },
     /// Would a connect to ADDR:PORT from the guarded cgroup be refused?
     /// Exit 0 = refused, 1 = allowed, 2 = error. Uses the pinned maps when attached, else (or

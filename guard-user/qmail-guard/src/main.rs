@@ -69,6 +69,19 @@ fn run(command: Command) -> Result<ExitCode> {
             })?;
             // Informational only (shown by `status`): a read-only /run must not fail attach.
             let _ = state::record_sync(&pins, "attach", &r.sync);
+            if let Some(u) = &r.upgrade {
+                println!(
+                    "qmail-guard: replaced the running programs in place (tag {} → {}) on {} link(s){}",
+                    u.from_tag.as_deref().unwrap_or("?"),
+                    u.to_tag,
+                    u.links,
+                    if u.migrated {
+                        ", maps migrated to generations"
+                    } else {
+                        ""
+                    }
+                );
+            }
             let ports: Vec<String> = GuardMaps::open(&pins)?
                 .ports()?
                 .iter()
@@ -131,8 +144,8 @@ fn run(command: Command) -> Result<ExitCode> {
             })?;
             let _ = state::record_sync(&pins, "sync", &r);
             println!(
-                "qmail-guard: {} entries ({} written, {} removed)",
-                r.total, r.upserted, r.removed
+                "qmail-guard: {} entries ({} written, {} removed), generation {}",
+                r.total, r.upserted, r.removed, r.generation
             );
         }
         Command::Run {
@@ -189,8 +202,23 @@ fn run(command: Command) -> Result<ExitCode> {
             require_root("status", &pins.pin_dir)?;
             println!("{}", guard::status(&PinDir::new(pins.pin_dir))?);
         }
-        Command::Print { home } => {
+        Command::Print { home, pins } => {
             let set = IpmeSet::load_guarded(&home.dir())?;
+            let pins = PinDir::new(pins.pin_dir);
+            if let Ok(maps) = GuardMaps::open(&pins) {
+                let generation = maps.generation()?;
+                let same = maps.read_v4()? == guard::encode::map_v4(&set)
+                    && maps.read_v6()? == guard::encode::map_v6(&set);
+                println!(
+                    "# in force in {}: generation {generation}, {}",
+                    pins.root.display(),
+                    if same {
+                        "this set"
+                    } else {
+                        "a different set (`qmail-guard sync` applies this one)"
+                    }
+                );
+            }
             for e in set.entries() {
                 println!("{:<43} {}", e.net.to_string(), e.source);
             }

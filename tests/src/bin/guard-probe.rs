@@ -11,6 +11,8 @@
 //! guard-probe service ADDR PORT...      a service's main process: connects to each in order
 //!                                       first thing, then stays      -> ADDR PORT ok|errno…,
 //!                                                                       cgroup=…, ready
+//! guard-probe loop ME OTHER PORT        connect to ME:PORT in a loop, to OTHER:PORT every 16th
+//!                                       time, until stdin closes    -> counts (see `connect_loop`)
 //! ```
 //! The test harness starts it already inside the cgroup and netns under test, so every socket
 //! it creates belongs to that cgroup. Exit status 2 means bad usage or an unexpected failure
@@ -45,6 +47,7 @@ fn main() {
             println!("{}", storm(sockaddr(addr, port), n, Some(rate)))
         }
         ["service", pairs @ ..] if !pairs.is_empty() && pairs.len() % 2 == 0 => service(pairs),
+        ["loop", me, other, port] => connect_loop(sockaddr(me, port), sockaddr(other, port)),
         _ => die(
             "usage: guard-probe connect|tfo|child-connect ADDR PORT | listen ADDR PORT... | self | service ADDR PORT [ADDR PORT]...",
         ),
@@ -179,6 +182,50 @@ fn child_connect(addr: SocketAddr) -> String {
         }
         String::from_utf8_lossy(&buf).into_owned()
     }
+}
+
+/// Connects to `me` as fast as it can, and to `other` every 16th round, until stdin reaches EOF;
+/// then prints `me_refused=N me_not_refused=N other_ok=N other_refused=N other_failed=N`
+/// (refused = ELOOP). Prints `running` once the first round is done, so the caller knows the
+/// loop is in the cgroup and connecting.
+fn connect_loop(me: SocketAddr, other: SocketAddr) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static STOP: AtomicBool = AtomicBool::new(false);
+    thread::spawn(|| {
+        let mut sink = Vec::new();
+        let _ = io::stdin().read_to_end(&mut sink);
+        STOP.store(true, Ordering::SeqCst);
+    });
+    let mut counts = [0u64; 5];
+    let once = |addr: SocketAddr| -> io::Result<()> {
+        let s = tcp_socket(&addr)?;
+        // Reset on close: no TIME_WAIT, so ports do not run out over 100 000 connects.
+        s.set_linger(Some(Duration::ZERO))?;
+        s.connect_timeout(&SockAddr::from(addr), TIMEOUT)
+    };
+    let mut round: u64 = 0;
+    while !STOP.load(Ordering::SeqCst) {
+        match once(me) {
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => counts[0] += 1,
+            _ => counts[1] += 1,
+        }
+        if round.is_multiple_of(16) {
+            match once(other) {
+                Ok(()) => counts[2] += 1,
+                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => counts[3] += 1,
+                Err(_) => counts[4] += 1,
+            }
+        }
+        if round == 0 {
+            println!("running");
+            let _ = io::stdout().flush();
+        }
+        round += 1;
+    }
+    println!(
+        "me_refused={} me_not_refused={} other_ok={} other_refused={} other_failed={}",
+        counts[0], counts[1], counts[2], counts[3], counts[4]
+    );
 }
 
 fn listen(addr: &str, ports: &[&str]) {

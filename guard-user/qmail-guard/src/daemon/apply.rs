@@ -40,7 +40,7 @@ pub fn apply(
         Err(e) => {
             warn!("{}; loading the guard again", Chain(&e));
             match guard::prepare(pins, set, ports) {
-                Ok(r) => Applied::Rebuilt(r),
+                Ok(r) => Applied::Rebuilt(r.sync),
                 Err(e) => {
                     error!("cannot restore the guard: {}; retrying", Chain(&e));
                     Applied::Failed

@@ -58,9 +58,20 @@ impl InputState {
     pub fn compute(&mut self) -> Result<Computed, IpmeError> {
         let interfaces = interfaces()?;
         let local_routes = local_routes()?;
-        let mut errors = Vec::new();
-        let moreipme = self.control(ControlKind::MoreIpme, &mut errors)?;
-        let notipme = self.control(ControlKind::NotIpme, &mut errors)?;
+        // Both files from one instant: an administrator replacing both (two renames) between
+        // our two reads would otherwise give a pair that never existed, e.g. the new notipme
+        // with the old moreipme, which can make a "me" address connectable until the next event.
+        let mut tries = 0;
+        let (moreipme, notipme, mut errors) = loop {
+            let before = self.stamps();
+            let mut errors = Vec::new();
+            let moreipme = self.control(ControlKind::MoreIpme, &mut errors)?;
+            let notipme = self.control(ControlKind::NotIpme, &mut errors)?;
+            tries += 1;
+            if self.stamps() == before || tries == 10 {
+                break (moreipme, notipme, errors);
+            }
+        };
         let learned = self.learned(&mut errors)?;
         let set = IpmeSet::compute(&Inputs {
             interfaces,
@@ -88,6 +99,16 @@ impl InputState {
             .learned
             .as_ref()
             .map_or_else(Vec::new, |s| s.entries(now_unix())))
+    }
+
+    /// Identity and change time of both control files (None when missing).
+    fn stamps(&self) -> [Option<(u64, i64, i64, u64)>; 2] {
+        use std::os::unix::fs::MetadataExt as _;
+        ["moreipme", "notipme"].map(|f| {
+            std::fs::metadata(self.home.join("control").join(f))
+                .ok()
+                .map(|m| (m.ino(), m.ctime(), m.ctime_nsec(), m.size()))
+        })
     }
 
     fn control(

@@ -265,6 +265,14 @@ impl Daemon {
             report.upserted,
             report.removed
         );
+        if let Some(u) = &report.upgrade {
+            info!(
+                "replaced the running programs in place (tag {} → {}) on {} link(s)",
+                u.from_tag.as_deref().unwrap_or("?"),
+                u.to_tag,
+                u.links
+            );
+        }
         daemon.state.record_sync(&report);
         let failures = daemon.ensure_targets(true);
         if !failures.is_empty() {
