@@ -72,7 +72,6 @@ pub fn run(o: &Options) -> Result<()> {
             failed.push(e);
         }
     }
-    build_upgrade_variant(&bin_dir, &cargo)?;
     step(&mut cargo(&[
         "build",
         "--workspace",
@@ -175,29 +174,6 @@ fn test_executables(json_lines: &str) -> Result<HashMap<String, PathBuf>> {
         bail!("`cargo test --no-run` reported no test executables");
     }
     Ok(map)
-}
-
-/// The gap-free upgrade test needs a second qmail-guard whose kernel programs differ: the same
-/// code built with `upgrade-test-variant` (a no-op in the programs), kept as
-/// qmail-guard-variant. Built first: the normal build after it relinks qmail-guard itself.
-fn build_upgrade_variant(bin_dir: &Path, cargo: &dyn Fn(&[&str]) -> Command) -> Result<()> {
-    step(&mut cargo(&[
-        "build",
-        "-p",
-        "qmail-guard",
-        "--bin",
-        "qmail-guard",
-        "--features",
-        "upgrade-test-variant",
-    ]))?;
-    let (from, to) = (
-        bin_dir.join("qmail-guard"),
-        bin_dir.join("qmail-guard-variant"),
-    );
-    let _ = std::fs::remove_file(&to);
-    std::fs::copy(&from, &to)
-        .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
-    Ok(())
 }
 
 /// Runs one step, announcing it and its duration.
