@@ -113,10 +113,9 @@ impl Change {
         }
         if !set_changes {
             // The set in force is already the new one (nothing to flip); at most the standby
-            // was repaired.
-            if standby_changes {
-                w.mark(Some(self.generation))?;
-            }
+            // was repaired. Both tries now hold it, also after a writer killed just before
+            // its last mark.
+            w.mark(Some(self.generation))?;
             return Ok(out);
         }
         // The mark names the generation in force, so the flip itself makes it stale.
