@@ -118,8 +118,16 @@ fn nat_loop_is_detected_by_the_greeting_learned_and_then_refused_by_the_kernel()
         ))
     });
 
-    // Every view shows it with its source.
-    let p = printed(&g);
+    // Every view shows it with its source. The daemon writes the store (which `print` reads)
+    // just after the maps, so give that write a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let p = loop {
+        let p = printed(&g);
+        if (p.len() == 1 && p[0].contains(" learned 20")) || std::time::Instant::now() > deadline {
+            break p;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert!(p.len() == 1 && p[0].contains(" learned 20"), "{p:?}");
     assert_eq!(learned_in_status(&g), [PUBLIC]);
     assert_eq!(g.status_json()["entries_by_source"]["learned"], 1);
