@@ -347,8 +347,12 @@ fn learn_from_spool(home: &std::path::Path, learn: &args::Learn, base: &IpmeSet)
             }
             Some(u)
         }
+        // No such user and no spool: learning is simply not set up on this host (qmail-remote
+        // has nowhere to record a detection), which is not worth a line on every sync.
         Err(e) => {
-            eprintln!("qmail-guard: {e}");
+            if home.join(ipme::learn::SPOOL).exists() {
+                eprintln!("qmail-guard: {e}");
+            }
             None
         }
     };
