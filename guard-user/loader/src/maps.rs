@@ -328,22 +328,20 @@ impl GuardMaps {
     /// if any, and whether the port is guarded.
     pub fn lookup(&self, addr: std::net::IpAddr) -> Result<Option<u32>, GuardError> {
         let i = self.active()?;
-        let v4 = |a: std::net::Ipv4Addr| self.v4[i].get(&Key::new(32, a.octets()), 0);
-        let found = match addr {
+        let v4 =
+            |a: std::net::Ipv4Addr| (MAP_IPME_V4, self.v4[i].get(&Key::new(32, a.octets()), 0));
+        // The map named in an error is the one looked in (v4-mapped addresses use IPME_V4).
+        let (map, found) = match addr {
             std::net::IpAddr::V4(a) => v4(a),
             std::net::IpAddr::V6(a) => match a.to_ipv4_mapped() {
                 Some(m) => v4(m),
-                None => self.v6[i].get(&Key::new(128, a.octets()), 0),
+                None => (MAP_IPME_V6, self.v6[i].get(&Key::new(128, a.octets()), 0)),
             },
         };
         match found {
             Ok(v) => Ok(Some(v.tag)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_error(if addr.is_ipv4() {
-                MAP_IPME_V4
-            } else {
-                MAP_IPME_V6
-            })(e)),
+            Err(e) => Err(map_error(map)(e)),
         }
     }
 }
