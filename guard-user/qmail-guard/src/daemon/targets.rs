@@ -115,9 +115,8 @@ impl Targets {
         self.0.iter()
     }
 
-    /// Units may move (a changed Slice=): re-resolve them. Returns true if a path changed.
-    pub fn resolve_units(&mut self) -> bool {
-        let mut moved = false;
+    /// Units may move (a changed Slice=): re-resolve them.
+    pub fn resolve_units(&mut self) {
         for t in &mut self.0 {
             if let Spec::Unit(_) = t.spec {
                 match Target::resolve(&t.spec) {
@@ -125,14 +124,12 @@ impl Targets {
                         info!("{} now lives at {}", t.label(), p.display());
                         t.path = p;
                         t.attached = None;
-                        moved = true;
                     }
                     Ok(_) => {}
                     Err(e) => warn!("cannot resolve {}: {}", t.label(), Chain(&e)),
                 }
             }
         }
-        moved
     }
 
     /// Attaches (idempotently) to every target cgroup that exists, verifies by reading back,
