@@ -19,6 +19,10 @@ pub const STATE_DIR: &str = "/run/qmail-guard";
 pub struct State {
     pub last_sync: Option<LastSync>,
     pub daemon: Option<DaemonInfo>,
+    /// The last refusal the daemon read from the programs' log (files of older builds have
+    /// none).
+    #[serde(default)]
+    pub last_refusal: Option<LastRefusal>,
 }
 
 /// The last update of the maps.
@@ -35,6 +39,24 @@ pub struct LastSync {
     /// The generation in force after it.
     #[serde(default)]
     pub generation: u32,
+}
+
+/// One refused connect, as the daemon read it from the programs' refusal log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LastRefusal {
+    /// When the daemon read the record (within about a second of the connect: the log is
+    /// read at once, or at the end of a second whose --log-rate lines were used up).
+    pub unix_time: u64,
+    /// The process that called connect(2).
+    pub pid: u32,
+    /// Its task name, control characters escaped.
+    pub comm: String,
+    /// `ipv4` or `ipv6`.
+    pub family: String,
+    /// `192.0.2.1:25` or `[2001:db8::1]:25`.
+    pub destination: String,
+    /// Why the address is "me": the entry's source kind (interface, moreipme, …).
+    pub source: String,
 }
 
 /// The daemon that keeps this pin directory current.
@@ -158,6 +180,14 @@ fn record_sync_at(path: &Path, by: &str, report: &SyncReport) -> io::Result<()> 
     store_at(path, &state)
 }
 
+/// Records the last refusal the daemon saw.
+pub fn record_refusal(pins: &PinDir, refusal: &LastRefusal) -> io::Result<()> {
+    let path = path(pins);
+    let mut state = load_from(&path);
+    state.last_refusal = Some(refusal.clone());
+    store_at(&path, &state)
+}
+
 /// Removes the state file (when the guard is removed altogether).
 pub fn remove(pins: &PinDir) {
     let _ = fs::remove_file(path(pins));
@@ -194,6 +224,10 @@ mod tests {
             (last.by.as_str(), last.entries, last.upserted),
             ("sync", 7, 2)
         );
+        // A file written before last_refusal existed still loads.
+        fs::write(&path, br#"{"last_sync":null,"daemon":null}"#).unwrap();
+        let old = load_from(&path);
+        assert!(old.last_refusal.is_none() && old.last_sync.is_none());
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::{
     GuardError, GuardMaps, PinDir,
-    state::{self, LastSync},
+    state::{self, LastRefusal, LastSync},
 };
 use crate::cgroup::Cgroup;
 
@@ -52,6 +52,8 @@ pub struct Status {
     pub last_sync: Option<LastSync>,
     /// The daemon keeping these pins current, if one ever ran since boot.
     pub daemon: Option<DaemonStatus>,
+    /// The last refusal a daemon read from the refusal log (only `qmail-guard run` reads it).
+    pub last_refusal: Option<LastRefusal>,
 }
 
 #[derive(Debug, Serialize)]
@@ -129,6 +131,7 @@ pub fn status(pins: &PinDir) -> Result<Status, GuardError> {
             .collect(),
         program_matches_binary,
         last_sync: st.last_sync,
+        last_refusal: st.last_refusal,
         daemon,
         pin_dir: pins.root.display().to_string(),
         generation: maps.generation()?,
@@ -192,6 +195,11 @@ impl std::fmt::Display for Status {
             "refused:       {} IPv4, {} IPv6",
             self.refused_v4, self.refused_v6
         )?;
+        write!(
+            f,
+            "\nlast refusal:  {}",
+            last_refusal(self.last_refusal.as_ref(), self.daemon.is_some())
+        )?;
         match &self.last_sync {
             Some(l) => write!(
                 f,
@@ -228,6 +236,24 @@ impl std::fmt::Display for Status {
             write!(f, "\ninput error:   {e} (the last good set stays in force)")?;
         }
         Ok(())
+    }
+}
+
+/// The `last refusal:` text. Only the daemon reads the refusal log, so without one nothing
+/// can have been recorded (the counters above still count every refusal).
+pub fn last_refusal(r: Option<&LastRefusal>, daemon: bool) -> String {
+    match r {
+        Some(r) => format!(
+            "{} ({}) pid {} comm {} to {} ({})",
+            when(r.unix_time),
+            ago(r.unix_time),
+            r.pid,
+            r.comm,
+            r.destination,
+            r.source
+        ),
+        None if daemon => "none seen by the daemon".to_string(),
+        None => "not recorded (no qmail-guard run daemon)".to_string(),
     }
 }
 

@@ -88,6 +88,23 @@ pub enum Command {
         /// Period of the full resync behind the events, in seconds.
         #[arg(long, value_name = "N", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
         resync_secs: u64,
+        /// Write metrics for node_exporter's textfile collector (Prometheus text format) to PATH.
+        ///
+        /// PATH goes in the collector's --collector.textfile.directory and must end in .prom.
+        /// The file holds: refusals per address family (exact, also those the log leaves out),
+        /// entries per source, attached cgroups, the time of the last successful map update,
+        /// failed updates, the pinned programs' tags and whether they are this binary's, and the
+        /// generation. It is rewritten after every map update and at least every
+        /// --metrics-interval seconds, atomically (a hidden temporary file in the same
+        /// directory, fsynced, renamed over PATH), mode 0644. A file that cannot be written is
+        /// reported once and retried; the guard never depends on it. The file stays after the
+        /// daemon exits, with its last values: alert on node_textfile_mtime_seconds to notice a
+        /// daemon that stopped writing.
+        #[arg(long, value_name = "PATH")]
+        metrics_file: Option<PathBuf>,
+        /// Rewrite the --metrics-file at least every N seconds.
+        #[arg(long, value_name = "N", default_value_t = crate::daemon::metrics::DEFAULT_INTERVAL.as_secs(), value_parser = clap::value_parser!(u64).range(1..), requires = "metrics_file")]
+        metrics_interval: u64,
         #[command(flatten)]
         learn: Learn,
     },

@@ -155,6 +155,8 @@ fn run(command: Command) -> Result<ExitCode> {
             pins,
             detach_on_exit,
             resync_secs,
+            metrics_file,
+            metrics_interval,
             log_rate,
             danger,
             learn,
@@ -174,6 +176,8 @@ fn run(command: Command) -> Result<ExitCode> {
                 log_rate,
                 learn_user: learn.learn_user,
                 learn_expiry: learn.learn_expiry,
+                metrics_file,
+                metrics_interval: std::time::Duration::from_secs(metrics_interval),
             })?;
         }
         Command::Forget { addr, home, pins } => {
@@ -248,10 +252,12 @@ fn status_json(pin_dir: &std::path::Path) -> ExitCode {
             doc["error"] = serde_json::Value::Null;
             (doc, ExitCode::SUCCESS)
         }
+        // Not attached: the state file may still tell the last refusal a daemon saw.
         Ok(None) => (
             serde_json::json!({
                 "attached": false,
                 "pin_dir": pin_dir.display().to_string(),
+                "last_refusal": state::load(&pins).last_refusal,
                 "error": null,
             }),
             ExitCode::SUCCESS,
@@ -260,6 +266,7 @@ fn status_json(pin_dir: &std::path::Path) -> ExitCode {
             serde_json::json!({
                 "attached": false,
                 "pin_dir": pin_dir.display().to_string(),
+                "last_refusal": null,
                 "error": format!("{e:#}"),
             }),
             ExitCode::from(1),

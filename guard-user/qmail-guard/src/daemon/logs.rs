@@ -8,13 +8,13 @@ use std::{
     io,
     panic::{AssertUnwindSafe, catch_unwind},
     sync::{
-        Arc,
-        atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use guard_loader::{GuardMaps, PinDir};
+use guard_loader::{GuardMaps, PinDir, state::LastRefusal};
 
 use aya_log::EbpfLogger;
 use tokio::io::{Interest, unix::AsyncFd};
@@ -66,6 +66,10 @@ pub struct Budget {
     shown: AtomicU64,
     /// Records read but not shown since the last summary.
     discarded: AtomicU64,
+    /// Records are read as they come (not the backlog found at open, whose time is unknown).
+    live: AtomicBool,
+    /// The newest record read live, shown or not, until taken.
+    last: Mutex<Option<String>>,
 }
 
 impl Budget {
@@ -88,6 +92,11 @@ impl log::Log for Forward {
     }
 
     fn log(&self, record: &log::Record<'_>) {
+        // aya-log hands over an already formatted message: keeping it is one copy.
+        if self.budget.live.load(Relaxed) {
+            let mut last = self.budget.last.lock().unwrap_or_else(|p| p.into_inner());
+            *last = Some(record.args().to_string());
+        }
         if !self.budget.take() {
             self.budget.discarded.fetch_add(1, Relaxed);
             return;
@@ -180,7 +189,19 @@ impl RefusalLog {
         log.baseline = log.counted().unwrap_or(0);
         log.budget.shown.store(0, Relaxed);
         log.paused = log.budget.remaining.load(Relaxed) == 0;
+        log.budget.live.store(true, Relaxed);
         Ok(log)
+    }
+
+    /// The newest refusal read since the last call, stamped with the time now.
+    pub fn take_last(&self) -> Option<LastRefusal> {
+        let msg = self
+            .budget
+            .last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()?;
+        super::refusal::parse(&msg, guard_loader::state::now_unix())
     }
 
     pub fn program_id(&self) -> u32 {

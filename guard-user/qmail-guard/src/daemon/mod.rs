@@ -19,8 +19,9 @@
 //! `logs`, `spool_watch`, registered through `fd`), `inputs` (the set's inputs with last-good
 //! memory), `learning` (the spool of detected loops into the learned set),
 //! `targets` (the cgroups to guard and their attachments), `apply` (bringing the maps to the
-//! set), `report` (status line, error reporting, state file) and `notify` (systemd). This file
-//! holds the loop that ties them together.
+//! set), `report` (status line, error reporting, state file), `refusal` (a refusal record's
+//! parts, for the last refusal in the state file), `metrics` (the Prometheus textfile) and
+//! `notify` (systemd). This file holds the loop that ties them together.
 mod apply;
 mod cgroup_watch;
 mod control_watch;
@@ -28,8 +29,10 @@ mod fd;
 mod inputs;
 mod learning;
 pub mod logs;
+pub mod metrics;
 mod netlink;
 mod notify;
+mod refusal;
 mod report;
 mod spool_watch;
 mod targets;
@@ -55,6 +58,7 @@ use inputs::InputState;
 use ipme::{Chain, IpmeError, IpmeSet};
 use learning::Learning;
 use logs::RefusalLog;
+use metrics::Metrics;
 use netlink::NetlinkWatch;
 use report::{InputErrors, OnceError, StateFile, status_line};
 use spool_watch::{SpoolNews, SpoolWatch};
@@ -71,6 +75,9 @@ pub const CREATE_GRACE: Duration = Duration::from_millis(50);
 const RETRY: Duration = Duration::from_secs(1);
 /// Default period of the full resync (safety net behind the events).
 pub const DEFAULT_RESYNC: Duration = Duration::from_secs(300);
+/// The last refusal goes to the state file at most this often (a refusal storm must not
+/// turn into a storm of file writes).
+const PERSIST_REFUSAL_EVERY: Duration = Duration::from_secs(1);
 
 /// What to guard and how.
 #[derive(Debug, Clone)]
@@ -92,6 +99,10 @@ pub struct Config {
     pub learn_user: String,
     /// How long a learned address lives unless seen again.
     pub learn_expiry: Duration,
+    /// Where to write the Prometheus textfile, if anywhere.
+    pub metrics_file: Option<PathBuf>,
+    /// The metrics file is rewritten at least this often.
+    pub metrics_interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +148,8 @@ enum Wake {
     Resync,
     Timer,
     Watchdog,
+    Metrics,
+    PersistRefusal,
 }
 
 /// The event sources the loop waits on.
@@ -178,6 +191,13 @@ struct Daemon {
     /// The last map update error, logged once until it changes or clears.
     apply_error: OnceError,
     signals: Option<Signals>,
+    metrics: Option<Metrics>,
+    /// A refusal read from the log and not yet in the state file.
+    pending_refusal: Option<guard_loader::state::LastRefusal>,
+    /// When the last refusal was written to the state file.
+    refusal_written: Option<Instant>,
+    /// When the pending refusal is due (the write was held back by the rate limit).
+    persist_at: Option<Instant>,
 }
 
 impl Daemon {
@@ -234,6 +254,13 @@ impl Daemon {
             ),
             apply_error: OnceError::default(),
             signals: Some(signals),
+            metrics: config
+                .metrics_file
+                .clone()
+                .map(|p| Metrics::new(p, config.metrics_interval)),
+            pending_refusal: None,
+            refusal_written: None,
+            persist_at: None,
             config,
         };
         daemon.report_input_errors(&computed.errors, true);
@@ -274,12 +301,16 @@ impl Daemon {
             );
         }
         daemon.state.record_sync(&report);
+        if let Some(m) = daemon.metrics.as_mut() {
+            m.synced(&daemon.set);
+        }
         let failures = daemon.ensure_targets(true);
         if !failures.is_empty() {
             return Err(DaemonError::Attach(failures.join("; ")));
         }
         daemon.reopen_log();
         daemon.write_state();
+        daemon.write_metrics();
         let status = daemon.status_line();
         notify::ready(&status);
         info!("ready: {status}");
@@ -299,10 +330,16 @@ impl Daemon {
             tokio::time::interval_at(Instant::now() + self.config.resync, self.config.resync);
         resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
+        let mut metrics_tick = self.metrics.as_ref().map(|m| {
+            let mut t = tokio::time::interval_at(Instant::now() + m.interval(), m.interval());
+            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            t
+        });
 
         loop {
             let wake = {
                 let timer = self.timer.0;
+                let persist_at = self.persist_at;
                 let s = &self.sources;
                 let log = s.log.as_ref();
                 tokio::select! {
@@ -320,6 +357,10 @@ impl Daemon {
                         => Wake::Timer,
                     _ = async { match watchdog.as_mut() { Some(w) => { w.tick().await; } None => std::future::pending().await } }
                         => Wake::Watchdog,
+                    _ = async { match metrics_tick.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending().await } }
+                        => Wake::Metrics,
+                    _ = async { match persist_at { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } }
+                        => Wake::PersistRefusal,
                 }
             };
             let woke = Instant::now();
@@ -330,6 +371,15 @@ impl Daemon {
                     if let Some(l) = self.sources.log.as_mut() {
                         l.flush();
                     }
+                    self.note_refusal();
+                    continue;
+                }
+                Wake::Metrics => {
+                    self.write_metrics();
+                    continue;
+                }
+                Wake::PersistRefusal => {
+                    self.persist_refusal();
                     continue;
                 }
                 Wake::Watchdog => {
@@ -437,6 +487,9 @@ impl Daemon {
             self.write_state();
             notify::status(&self.status_line());
         }
+        if inputs_changed || full || timer || cgroup_event {
+            self.write_metrics();
+        }
     }
 
     /// Lock, then compute, then write: the set is computed only once the pin directory's lock
@@ -458,6 +511,9 @@ impl Daemon {
             }
             Err(e) => {
                 error!("{}; the current maps stay in force, retrying", Chain(&e));
+                if let Some(m) = self.metrics.as_mut() {
+                    m.sync_failed();
+                }
                 self.schedule(RETRY);
                 false
             }
@@ -489,8 +545,14 @@ impl Daemon {
                 if changed || always_record {
                     self.record_sync(&r);
                 }
+                if let Some(m) = self.metrics.as_mut() {
+                    m.synced(&self.set);
+                }
             }
             Applied::Refused(msg) => {
+                if let Some(m) = self.metrics.as_mut() {
+                    m.sync_failed();
+                }
                 if self.apply_error.set(msg.clone()) {
                     error!(
                         "cannot update the maps: {msg}; the current entries stay in force, retrying"
@@ -500,13 +562,21 @@ impl Daemon {
             }
             Applied::Rebuilt(r) => {
                 self.record_sync(&r);
+                if let Some(m) = self.metrics.as_mut() {
+                    m.synced(&self.set);
+                }
                 self.targets.forget_attachments();
                 for f in self.ensure_targets(true) {
                     error!("{f}");
                 }
                 self.reopen_log();
             }
-            Applied::Failed => self.schedule(RETRY),
+            Applied::Failed => {
+                if let Some(m) = self.metrics.as_mut() {
+                    m.sync_failed();
+                }
+                self.schedule(RETRY);
+            }
         }
     }
 
@@ -594,11 +664,44 @@ impl Daemon {
             .write_daemon(self.targets.labels(), self.input_errors.current());
     }
 
+    /// Takes the newest refusal the log reader saw; writes it to the state file now, or when
+    /// the rate limit allows.
+    fn note_refusal(&mut self) {
+        let Some(r) = self.sources.log.as_ref().and_then(RefusalLog::take_last) else {
+            return;
+        };
+        self.pending_refusal = Some(r);
+        match self.refusal_written {
+            Some(t) if t.elapsed() < PERSIST_REFUSAL_EVERY => {
+                self.persist_at.get_or_insert(t + PERSIST_REFUSAL_EVERY);
+            }
+            _ => self.persist_refusal(),
+        }
+    }
+
+    fn persist_refusal(&mut self) {
+        self.persist_at = None;
+        if let Some(r) = self.pending_refusal.take() {
+            self.state.record_refusal(&r);
+            self.refusal_written = Some(Instant::now());
+        }
+    }
+
+    fn write_metrics(&mut self) {
+        let attached = self.targets.labels_where_attached(true).len();
+        if let Some(m) = self.metrics.as_mut() {
+            m.write(&self.pins, attached);
+        }
+    }
+
     fn shutdown(&mut self) {
         notify::stopping();
         if let Some(l) = self.sources.log.as_mut() {
             l.finish();
         }
+        self.note_refusal();
+        self.persist_refusal();
+        self.write_metrics();
         if !self.config.detach_on_exit {
             info!(
                 "exiting; the guard stays in force (pins kept in {})",
@@ -619,6 +722,9 @@ impl Daemon {
                 ),
             }
         }
+        // The last file says what is left: nothing attached by this daemon.
+        self.targets.forget_attachments();
+        self.write_metrics();
     }
 }
 

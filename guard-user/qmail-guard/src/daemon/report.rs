@@ -4,7 +4,7 @@ use std::io;
 
 use guard_loader::{
     PinDir, SyncReport,
-    state::{self, DaemonInfo},
+    state::{self, DaemonInfo, LastRefusal},
 };
 use ipme::{Chain, IpmeError};
 use tracing::{error, info, warn};
@@ -118,6 +118,11 @@ impl StateFile {
         self.result(r);
     }
 
+    pub fn record_refusal(&mut self, refusal: &LastRefusal) {
+        let r = state::record_refusal(&self.pins, refusal);
+        self.result(r);
+    }
+
     pub fn write_daemon(&mut self, targets: Vec<String>, input_error: Option<String>) {
         let mut st = state::load(&self.pins);
         st.daemon = Some(DaemonInfo {
@@ -136,7 +141,7 @@ impl StateFile {
         {
             self.warned = true;
             warn!(
-                "cannot write {}: {e}; `qmail-guard status` will not show the last sync",
+                "cannot write {}: {e}; `qmail-guard status` will not show the last sync nor the last refusal",
                 state::path(&self.pins).display()
             );
         }
