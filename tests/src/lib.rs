@@ -23,6 +23,7 @@ pub use guard_mountinfo as mountinfo;
 pub mod mta;
 pub mod mx_scene;
 pub mod netns;
+pub mod node_exporter;
 pub mod nsenter;
 pub mod pki;
 pub mod preflight;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use guard_tests::bpftool;
 use guard_tests::daemon::{Daemon, eventually};
+use guard_tests::node_exporter::NodeExporter;
 use guard_tests::probe::{self, ProbeResult};
 use guard_tests::scene::{self, MORE_V4_MEMBER};
 use guard_tests::topology::{HOST_V4, HOST_V6};
@@ -105,8 +106,18 @@ fn parse(text: &str) -> Exposition {
             continue;
         }
         let sample = parse_sample(line);
+        // Summaries and histograms name their parts with a suffix.
+        let declared = e.types.contains_key(&sample.name)
+            || ["_sum", "_count", "_bucket"].iter().any(|suffix| {
+                sample.name.strip_suffix(suffix).is_some_and(|base| {
+                    matches!(
+                        e.types.get(base).map(String::as_str),
+                        Some("summary" | "histogram")
+                    )
+                })
+            });
         assert!(
-            e.types.contains_key(&sample.name),
+            declared,
             "sample before (or without) its TYPE line: {line:?}"
         );
         e.samples.push(sample);
@@ -355,6 +366,71 @@ fn metrics_file_counts_refusals_entries_and_attachments_and_moves_after_a_sync()
         "no metrics messages expected: {:?}",
         d.lines()
     );
+}
+
+/// The real consumer: node_exporter's textfile collector reads the file without a parse error
+/// and exports the same values and types.
+#[test]
+fn node_exporter_exports_the_file_without_error() {
+    let mh = scene::mail_host();
+    let g = Guard::new(&mh.host);
+    let dir = TempDir::new();
+    let path = dir.0.join("qmail_guard.prom");
+    let p = path.to_str().expect("UTF-8 path");
+    let _d = Daemon::start(
+        &g,
+        mh.cgroup.path(),
+        &["--metrics-file", p, "--metrics-interval", "1"],
+    );
+    refuse(&mh, HOST_V4);
+    refuse(&mh, HOST_V6);
+    refuse(&mh, HOST_V6);
+    wait_for(&path, "1 IPv4 and 2 IPv6 refusals", |e| {
+        e.get("qmail_guard_refusals_total", &[("family", "ipv6")]) == Some(2.0)
+    });
+
+    let ne = NodeExporter::start(&dir.0);
+    let body = ne.scrape();
+    let e = parse(&body);
+    assert_eq!(
+        e.value("node_textfile_scrape_error", &[]),
+        0.0,
+        "node_exporter could not parse the file:\n{body}"
+    );
+    assert!(
+        e.get("node_textfile_mtime_seconds", &[("file", p)])
+            .is_some()
+            || e.get(
+                "node_textfile_mtime_seconds",
+                &[("file", "qmail_guard.prom")]
+            )
+            .is_some(),
+        "the file's mtime is not exported:\n{body}"
+    );
+    assert_eq!(
+        e.value("qmail_guard_refusals_total", &[("family", "ipv4")]),
+        1.0
+    );
+    assert_eq!(
+        e.value("qmail_guard_refusals_total", &[("family", "ipv6")]),
+        2.0
+    );
+    assert_eq!(e.value("qmail_guard_attached_cgroups", &[]), 1.0);
+    assert_eq!(
+        e.value("qmail_guard_entries", &[("source", "interface")]),
+        print_counts(&g)["interface"] as f64
+    );
+    for (name, kind) in [
+        ("qmail_guard_refusals_total", "counter"),
+        ("qmail_guard_sync_errors_total", "counter"),
+        ("qmail_guard_entries", "gauge"),
+        ("qmail_guard_program_info", "gauge"),
+        ("qmail_guard_last_sync_timestamp_seconds", "gauge"),
+        ("qmail_guard_generation", "gauge"),
+    ] {
+        assert_eq!(e.types.get(name).map(String::as_str), Some(kind), "{name}");
+    }
+    assert_eq!(e.with_name("qmail_guard_program_info").len(), 2);
 }
 
 #[test]

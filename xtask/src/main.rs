@@ -9,10 +9,12 @@ mod exim;
 mod kit;
 mod machine_image;
 mod no_mta;
+mod node_exporter;
 mod root;
 mod setup;
 mod test;
 mod toolchain;
+mod unpacked;
 mod vm;
 mod workspace;
 

@@ -1,10 +1,10 @@
-//! `cargo xtask setup`: toolchains, bpf-linker, apt packages, the private Exim, bpffs, the
-//! systemd tests' container image. Idempotent; each step checks first and prints one `ok:` line
-//! when there is nothing to do.
+//! `cargo xtask setup`: toolchains, bpf-linker, apt packages, the private Exim and
+//! node_exporter, bpffs, the systemd tests' container image. Idempotent; each step checks first
+//! and prints one `ok:` line when there is nothing to do.
 
 use std::time::Instant;
 
-use crate::{apt, bpf_linker, bpffs, exim, machine_image, toolchain};
+use crate::{apt, bpf_linker, bpffs, exim, machine_image, node_exporter, toolchain};
 
 #[derive(Debug, Default, clap::Args)]
 pub struct Options {}
@@ -17,6 +17,7 @@ pub fn run(_o: &Options) -> anyhow::Result<()> {
     bpf_linker::ensure(&ebpf.name)?;
     apt::ensure()?;
     exim::ensure()?;
+    node_exporter::ensure()?;
     bpffs::ensure()?;
     machine_image::ensure()?;
     println!("setup done in {:.1} s", started.elapsed().as_secs_f64());

@@ -310,10 +310,12 @@ impl Daemon {
         }
         daemon.reopen_log();
         daemon.write_state();
-        daemon.write_metrics();
         let status = daemon.status_line();
         notify::ready(&status);
         info!("ready: {status}");
+        // After READY=1: the first write loads this binary's programs once, for the tag
+        // comparison, which must not delay the units ordered after us.
+        daemon.write_metrics();
         Ok(daemon)
     }
 
