@@ -7,7 +7,7 @@
 
 use std::io::{self, Read as _};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
@@ -218,8 +218,8 @@ impl Conn {
     /// The socket and its timeout, for a TLS session that takes the connection over. Bytes
     /// already read but not consumed are dropped: nothing the server sent in clear may be
     /// taken as part of the encrypted session.
-    pub fn into_parts(self) -> (OwnedFd, i32) {
-        (self.fd.into(), self.timeout_ms)
+    pub fn into_parts(self) -> (Socket, i32) {
+        (self.fd, self.timeout_ms)
     }
 
     /// One non-blocking attempt, result ignored: used for QUIT, whose outcome changes nothing.

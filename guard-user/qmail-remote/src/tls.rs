@@ -4,7 +4,7 @@
 //! timeouts, and the TLS patch's post-handshake verification (CA file, then names).
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,6 +14,7 @@ use pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
+use socket2::Socket;
 
 use super::cert;
 use super::connect::{self, Conn};
@@ -301,7 +302,7 @@ pub enum HandshakeError {
 
 /// A TLS session over a connected socket, with stock's per-operation timeouts.
 pub struct TlsConn {
-    fd: OwnedFd,
+    fd: Socket,
     timeout_ms: i32,
     tls: ClientConnection,
     buf: Vec<u8>,
@@ -309,30 +310,24 @@ pub struct TlsConn {
     len: usize,
 }
 
-/// The raw socket as rustls sees it: non-blocking reads and writes.
-struct Sock(RawFd);
+/// The socket as rustls sees it: non-blocking reads and writes; MSG_NOSIGNAL, so a closed peer
+/// is an error, never a SIGPIPE. Vectored writes put several queued records in one send.
+struct Sock<'a>(&'a Socket);
 
-impl Read for Sock {
+impl Read for Sock<'_> {
     fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: b is valid for b.len() bytes of writes.
-        let r = unsafe { libc::read(self.0, b.as_mut_ptr().cast(), b.len()) };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(r as usize)
-        }
+        let mut s: &Socket = self.0;
+        s.read(b)
     }
 }
 
-impl Write for Sock {
+impl Write for Sock<'_> {
     fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        // SAFETY: b is valid for b.len() bytes of reads; MSG_NOSIGNAL: no SIGPIPE.
-        let r = unsafe { libc::send(self.0, b.as_ptr().cast(), b.len(), libc::MSG_NOSIGNAL) };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(r as usize)
-        }
+        self.0.send_with_flags(b, libc::MSG_NOSIGNAL)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -405,7 +400,7 @@ impl TlsConn {
                 Ok(false) => return Err(HandshakeError::Timeout),
                 Err(e) => return Err(HandshakeError::Io(e)),
             }
-            match self.tls.read_tls(&mut Sock(self.fd.as_raw_fd())) {
+            match self.tls.read_tls(&mut Sock(&self.fd)) {
                 Ok(0) => return Err(HandshakeError::Eof),
                 Ok(_) => {
                     return self
@@ -423,7 +418,7 @@ impl TlsConn {
     /// Writes all pending TLS records.
     fn flush_with(&mut self, timeout_ms: i32) -> Result<(), HandshakeError> {
         while self.tls.wants_write() {
-            match self.tls.write_tls(&mut Sock(self.fd.as_raw_fd())) {
+            match self.tls.write_tls(&mut Sock(&self.fd)) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     match connect::wait(self.fd.as_raw_fd(), libc::POLLOUT, timeout_ms) {
