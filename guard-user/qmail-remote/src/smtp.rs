@@ -591,15 +591,51 @@ mod tests {
     use super::*;
     use crate::connect::{self, Conn};
     use std::io::{BufRead, BufReader, Write};
-    use std::net::TcpListener;
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::thread::JoinHandle;
+
+    /// A peer on a loopback port: `talk` gets the accepted connection and returns what it
+    /// received.
+    fn serve(
+        talk: impl FnOnce(TcpStream) -> Vec<u8> + Send + 'static,
+    ) -> (SocketAddr, JoinHandle<Vec<u8>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let peer = std::thread::spawn(move || talk(l.accept().unwrap().0));
+        (addr, peer)
+    }
+
+    /// One session to `addr` with the tests' envelope (helo me.test, sender s@x.test, the one
+    /// recipient a@example.test, no SIZE, no AUTH) and no TLS; the outcome and the recipient
+    /// reports.
+    fn deliver_to(addr: SocketAddr, lc: Option<LoopCheck>, msg: &[u8]) -> (Outcome, Output) {
+        let fd = connect::connect(addr.ip(), addr.port(), 5000).unwrap();
+        let s = Session::new(Conn::new(fd, 5000), addr.ip()).with_loopcheck(lc);
+        let recips = vec![b"a@example.test".to_vec()];
+        let env = Envelope {
+            helo: b"me.test",
+            sender: b"s@x.test",
+            recips: &recips,
+            size: None,
+            auth: &Auth::None,
+            auth_cleartext: false,
+        };
+        let tlsp = TlsParams {
+            base: Path::new("/nonexistent"),
+            name: None,
+            smtps: false,
+            allowed: false,
+        };
+        let mut out = Output::new();
+        let mut m = msg;
+        let o = s.deliver(&env, &tlsp, &mut m, &mut out);
+        (o, out)
+    }
 
     /// Runs a session against a scripted peer: `script` maps each received line (or the
     /// greeting, None) to the reply to send. Returns (report bytes, bytes the peer received).
     fn run(replies: &'static [&'static str], msg: &'static [u8]) -> (Vec<u8>, Vec<u8>) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let peer = std::thread::spawn(move || {
-            let (s, _) = l.accept().unwrap();
+        let (addr, peer) = serve(move |s| {
             let mut w = s.try_clone().unwrap();
             let mut r = BufReader::new(s);
             let mut got = Vec::new();
@@ -630,27 +666,9 @@ mod tests {
             got.extend_from_slice(&rest);
             got
         });
-        let fd = connect::connect(addr.ip(), addr.port(), 5000).unwrap();
-        let s = Session::new(Conn::new(fd, 5000), addr.ip());
-        let recips = vec![b"a@example.test".to_vec()];
-        let env = Envelope {
-            helo: b"me.test",
-            sender: b"s@x.test",
-            recips: &recips,
-            size: None,
-            auth: &Auth::None,
-            auth_cleartext: false,
-        };
-        let tlsp = TlsParams {
-            base: Path::new("/nonexistent"),
-            name: None,
-            smtps: false,
-            allowed: false,
-        };
-        let mut out = Output::new();
-        let mut m: &[u8] = msg;
-        let Outcome::Done(rep) = s.deliver(&env, &tlsp, &mut m, &mut out) else {
-            panic!("no TLS here")
+        let (o, mut out) = deliver_to(addr, None, msg);
+        let Outcome::Done(rep) = o else {
+            panic!("no TLS and no loop check here: {o:?}")
         };
         out.finish(&rep);
         (out.bytes().to_vec(), peer.join().unwrap())
@@ -737,10 +755,7 @@ mod tests {
     /// A peer that greets (or answers EHLO) with our own name: QUIT before MAIL FROM, no
     /// report, the name it used.
     fn looped(greeting: &'static str, ehlo: &'static str) -> (Outcome, Vec<u8>) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let peer = std::thread::spawn(move || {
-            let (s, _) = l.accept().unwrap();
+        let (addr, peer) = serve(move |s| {
             let mut w = s.try_clone().unwrap();
             w.write_all(greeting.as_bytes()).unwrap();
             let mut r = BufReader::new(s);
@@ -759,27 +774,8 @@ mod tests {
             }
             got
         });
-        let fd = connect::connect(addr.ip(), addr.port(), 5000).unwrap();
-        let s = Session::new(Conn::new(fd, 5000), addr.ip())
-            .with_loopcheck(Some(LoopCheck::new(b"mail.example.test")));
-        let recips = vec![b"a@example.test".to_vec()];
-        let env = Envelope {
-            helo: b"me.test",
-            sender: b"s@x.test",
-            recips: &recips,
-            size: None,
-            auth: &Auth::None,
-            auth_cleartext: false,
-        };
-        let tlsp = TlsParams {
-            base: Path::new("/nonexistent"),
-            name: None,
-            smtps: false,
-            allowed: false,
-        };
-        let mut out = Output::new();
-        let mut m: &[u8] = b"x\n";
-        let o = s.deliver(&env, &tlsp, &mut m, &mut out);
+        let lc = LoopCheck::new(b"mail.example.test");
+        let (o, out) = deliver_to(addr, Some(lc), b"x\n");
         assert!(out.bytes().is_empty(), "no recipient report");
         (o, peer.join().unwrap())
     }
