@@ -111,13 +111,19 @@ pub struct EximOptions {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Also listen on this port with TLS from the first byte (SMTPS); needs `tls`.
     pub smtps_port: Option<u16>,
-    /// SASL mechanisms to offer (`PLAIN`, `LOGIN`), accepting `user` / `password` below.
+    /// SASL mechanisms to offer (`PLAIN`, `LOGIN`, `CRAM-MD5`), in this order, accepting `user`
+    /// / `password` below.
     pub auth: Vec<&'static str>,
     /// The one account the authenticators accept.
     pub user: &'static str,
     pub password: &'static str,
     /// `message_size_limit` (Exim's default, 50M, is announced as SIZE 52428800).
     pub size_limit: Option<&'static str>,
+    /// Ask TLS clients for a certificate and verify it against this CA file
+    /// (`tls_try_verify_hosts`; the log shows `CV=yes` and the client's `DN=`).
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: refuse clients that present no valid certificate (`tls_verify_hosts`).
+    pub require_client_cert: bool,
 }
 
 fn main_options(o: &EximOptions, addr: &str, port: u16) -> String {
@@ -133,11 +139,22 @@ fn main_options(o: &EximOptions, addr: &str, port: u16) -> String {
     match &o.tls {
         Some((cert, key)) => m.push_str(&format!(
             "tls_advertise_hosts = *\ntls_certificate = {}\ntls_privatekey = {}\n\
-             log_selector = +tls_sni +tls_peerdn\n",
+             log_selector = +tls_sni +tls_peerdn +tls_certificate_verified\n",
             cert.display(),
             key.display()
         )),
         None => m.push_str("tls_advertise_hosts =\n"),
+    }
+    if let Some(ca) = &o.client_ca {
+        let hosts = if o.require_client_cert {
+            "tls_verify_hosts"
+        } else {
+            "tls_try_verify_hosts"
+        };
+        m.push_str(&format!(
+            "tls_verify_certificates = {}\n{hosts} = *\n",
+            ca.display()
+        ));
     }
     if let Some(p) = o.smtps_port {
         m.push_str(&format!("tls_on_connect_ports = {p}\n"));
@@ -165,6 +182,11 @@ fn authenticators(o: &EximOptions) -> String {
                 "login:\n  driver = plaintext\n  public_name = LOGIN\n  \
                  server_prompts = Username:: : Password::\n  \
                  server_condition = ${{if and {{{{eq{{$auth1}}{{{u}}}}}{{eq{{$auth2}}{{{p}}}}}}}}}\n  \
+                 server_set_id = $auth1\n"
+            ),
+            "CRAM-MD5" => format!(
+                "cram_md5:\n  driver = cram_md5\n  public_name = CRAM-MD5\n  \
+                 server_secret = ${{if eq{{$auth1}}{{{u}}}{{{p}}}fail}}\n  \
                  server_set_id = $auth1\n"
             ),
             other => panic!("no Exim authenticator for {other}"),

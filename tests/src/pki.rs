@@ -1,5 +1,5 @@
-//! Test certificates made with the openssl command line tool: a CA, and server certificates it
-//! issues with chosen subjectAltNames and commonName. Files are world-readable (Exim reads
+//! Test certificates made with the openssl command line tool: a CA, and the server and client
+//! certificates it issues with chosen subjectAltNames and commonName. Files are world-readable (Exim reads
 //! them as its own user) and removed on drop.
 
 use std::fs;
@@ -74,8 +74,32 @@ impl Pki {
     /// A server certificate `NAME.pem` / `NAME.key` issued by `ca` for the DNS names `sans`
     /// (none: no subjectAltName at all) with commonName `cn`. Returns (certificate, key).
     pub fn server(&self, name: &str, ca: &str, cn: &str, sans: &[&str]) -> (PathBuf, PathBuf) {
-        let mut ext = String::from(
-            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+        self.issue(name, ca, cn, sans, "serverAuth")
+    }
+
+    /// A client certificate `NAME.pem` / `NAME.key` issued by `ca` with commonName `cn`, and
+    /// `NAME.both.pem`: the certificate followed by its key, as control/clientcert.pem wants.
+    /// Returns the combined file.
+    pub fn client(&self, name: &str, ca: &str, cn: &str) -> PathBuf {
+        let (cert, key) = self.issue(name, ca, cn, &[], "clientAuth");
+        let mut both = fs::read(cert).expect("read client certificate");
+        both.extend(fs::read(key).expect("read client key"));
+        let path = self.path(&format!("{name}.both.pem"));
+        fs::write(&path, both).expect("write client certificate and key");
+        path
+    }
+
+    /// A leaf certificate for the extended key usage `eku`, see [`Pki::server`].
+    fn issue(
+        &self,
+        name: &str,
+        ca: &str,
+        cn: &str,
+        sans: &[&str],
+        eku: &str,
+    ) -> (PathBuf, PathBuf) {
+        let mut ext = format!(
+            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage={eku}\n",
         );
         if !sans.is_empty() {
             let list: Vec<String> = sans.iter().map(|s| format!("DNS:{s}")).collect();
