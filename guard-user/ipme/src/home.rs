@@ -13,10 +13,12 @@ pub const DEFAULT_HOME: &str = match option_env!("QMAILHOME_DEFAULT") {
 };
 
 /// `explicit`, else `$QMAILHOME` (when set and non-empty), else [`DEFAULT_HOME`].
+#[inline]
 pub fn qmail_home(explicit: Option<PathBuf>) -> PathBuf {
     resolve(explicit, std::env::var_os("QMAILHOME"))
 }
 
+#[inline]
 fn resolve(explicit: Option<PathBuf>, env: Option<OsString>) -> PathBuf {
     explicit
         .filter(|p| !p.as_os_str().is_empty())

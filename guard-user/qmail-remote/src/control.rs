@@ -142,7 +142,7 @@ pub fn load(base: &Path) -> Result<Controls, ControlError> {
     let timeout_connect = read_int(base, "control/timeoutconnect", 60)?;
     let helohost = match read_line(base, "control/helohost")? {
         Some(h) => h,
-        None => me.ok_or(ControlError {
+        None => me.ok_or_else(|| ControlError {
             file: "control/helohost",
             source: io::Error::new(io::ErrorKind::NotFound, "neither helohost nor me exists"),
         })?,
