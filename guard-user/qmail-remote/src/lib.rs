@@ -8,7 +8,7 @@
 //! (hickory backend), `prefme` (loop rule), `loopcheck` (our own greeting), `tcpto` (timeout table), `connect` (sockets with
 //! timeouts), `ehlo` (EHLO extensions), `tls` (TLS policy, rustls stream, verification), `cert`
 //! (certificate names), `sasl` (AUTH messages), `smtp` (dialogue), `blast` (body encoding),
-//! `report` (output records), `run` (the sequence).
+//! `report` (output records), `run` (the sequence), `startup` (pages only start-up needed).
 //!
 //! Process rules (docs/qmail-remote.md §1.3–1.5): always exit 0; never write to stderr (it is the report
 //! pipe); a panic becomes a Z report.
