@@ -50,7 +50,7 @@ pub struct FileError {
 fn exists(p: &Path) -> Result<bool, FileError> {
     match std::fs::metadata(p) {
         Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         // an unreadable tlshosts/ must not silently turn verification off
         Err(source) => Err(FileError {
             path: p.to_path_buf(),
