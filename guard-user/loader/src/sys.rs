@@ -13,11 +13,7 @@ use std::{
 
 use aya_obj::generated::{
     bpf_attach_type::{BPF_CGROUP_INET4_CONNECT, BPF_CGROUP_INET6_CONNECT},
-    bpf_attr, bpf_attr__bindgen_ty_1, bpf_attr__bindgen_ty_2, bpf_attr__bindgen_ty_2__bindgen_ty_1,
-    bpf_attr__bindgen_ty_5, bpf_attr__bindgen_ty_9, bpf_attr__bindgen_ty_10,
-    bpf_attr__bindgen_ty_10__bindgen_ty_1, bpf_attr__bindgen_ty_10__bindgen_ty_2,
-    bpf_attr__bindgen_ty_15, bpf_attr__bindgen_ty_15__bindgen_ty_1,
-    bpf_attr__bindgen_ty_15__bindgen_ty_2, bpf_cmd, bpf_link_info,
+    bpf_attr, bpf_cmd, bpf_link_info,
     bpf_link_type::BPF_LINK_TYPE_CGROUP,
     bpf_map_type::{BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_ARRAY_OF_MAPS},
 };
@@ -35,6 +31,11 @@ impl Hook {
 }
 
 /// An all-zero `union bpf_attr`: the kernel requires every byte it does not use to be zero.
+/// An all-zero attribute union. Fields are written into it in place, never by assigning a
+/// whole member struct: a struct value's padding bytes are undefined, and the kernel rejects
+/// a command (EINVAL) when any byte after the command's last field is not zero, which
+/// includes a member's trailing padding (BPF_OBJ_GET's, 4 bytes after `path_fd`, failed
+/// whenever the stack held garbage there).
 fn zeroed_attr() -> bpf_attr {
     // SAFETY: bpf_attr is a C union of integer fields; all-zero is a valid value of each.
     unsafe { std::mem::zeroed() }
@@ -63,12 +64,8 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let mut attr = zeroed_attr();
-    attr.__bindgen_anon_4 = bpf_attr__bindgen_ty_5 {
-        pathname: c.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-        path_fd: 0,
-    };
+    // In place: the member's trailing padding must stay zero (see `zeroed_attr`).
+    attr.__bindgen_anon_4.pathname = c.as_ptr() as u64;
     let fd = bpf(bpf_cmd::BPF_OBJ_GET, &mut attr)?;
     // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
@@ -90,11 +87,9 @@ pub fn cgroup_link_info(path: &Path) -> io::Result<Option<CgroupLinkInfo>> {
     // SAFETY: bpf_link_info is a C struct/union of integers; all-zero is valid.
     let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
     let mut attr = zeroed_attr();
-    attr.info = bpf_attr__bindgen_ty_9 {
-        bpf_fd: fd.as_raw_fd() as u32,
-        info_len: std::mem::size_of::<bpf_link_info>() as u32,
-        info: std::ptr::from_mut(&mut info) as u64,
-    };
+    attr.info.bpf_fd = fd.as_raw_fd() as u32;
+    attr.info.info_len = std::mem::size_of::<bpf_link_info>() as u32;
+    attr.info.info = std::ptr::from_mut(&mut info) as u64;
     bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     if info.type_ != BPF_LINK_TYPE_CGROUP as u32 {
         return Ok(None);
@@ -115,20 +110,11 @@ pub fn attached_programs(cgroup: &Path, hook: Hook) -> io::Result<Vec<u32>> {
     let dir = std::fs::File::open(cgroup)?;
     let mut ids = vec![0u32; 16];
     loop {
-        // SAFETY: the query member is integers and pointers-as-integers; all-zero is valid.
-        let zero: bpf_attr__bindgen_ty_10 = unsafe { std::mem::zeroed() };
         let mut attr = zeroed_attr();
-        attr.query = bpf_attr__bindgen_ty_10 {
-            __bindgen_anon_1: bpf_attr__bindgen_ty_10__bindgen_ty_1 {
-                target_fd: dir.as_raw_fd() as u32,
-            },
-            attach_type: hook.attach_type(),
-            prog_ids: ids.as_mut_ptr() as u64,
-            __bindgen_anon_2: bpf_attr__bindgen_ty_10__bindgen_ty_2 {
-                prog_cnt: ids.len() as u32,
-            },
-            ..zero
-        };
+        attr.query.__bindgen_anon_1.target_fd = dir.as_raw_fd() as u32;
+        attr.query.attach_type = hook.attach_type();
+        attr.query.prog_ids = ids.as_mut_ptr() as u64;
+        attr.query.__bindgen_anon_2.prog_cnt = ids.len() as u32;
         let result = bpf(bpf_cmd::BPF_PROG_QUERY, &mut attr);
         // SAFETY: `query` is the member we filled and the kernel wrote back.
         let count = unsafe { attr.query.__bindgen_anon_2.prog_cnt } as usize;
@@ -147,22 +133,17 @@ pub fn attached_programs(cgroup: &Path, hook: Hook) -> io::Result<Vec<u32>> {
 }
 
 fn map_create(map_type: u32, inner_map_fd: Option<&OwnedFd>, name: &[u8]) -> io::Result<OwnedFd> {
-    // SAFETY: the map-create member is integers and a char array; all-zero is valid.
-    let zero: bpf_attr__bindgen_ty_1 = unsafe { std::mem::zeroed() };
     let mut map_name = [0 as std::ffi::c_char; 16];
     for (d, s) in map_name.iter_mut().zip(name.iter().take(15)) {
         *d = *s as std::ffi::c_char;
     }
     let mut attr = zeroed_attr();
-    attr.__bindgen_anon_1 = bpf_attr__bindgen_ty_1 {
-        map_type,
-        key_size: 4,
-        value_size: 4,
-        max_entries: 1,
-        inner_map_fd: inner_map_fd.map_or(0, |fd| fd.as_raw_fd() as u32),
-        map_name,
-        ..zero
-    };
+    attr.__bindgen_anon_1.map_type = map_type;
+    attr.__bindgen_anon_1.key_size = 4;
+    attr.__bindgen_anon_1.value_size = 4;
+    attr.__bindgen_anon_1.max_entries = 1;
+    attr.__bindgen_anon_1.inner_map_fd = inner_map_fd.map_or(0, |fd| fd.as_raw_fd() as u32);
+    attr.__bindgen_anon_1.map_name = map_name;
     let fd = bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr)?;
     // SAFETY: BPF_MAP_CREATE returned a new file descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
@@ -195,14 +176,9 @@ impl RcuBarrier {
         let key = 0u32;
         let value = self.inner.as_raw_fd() as u32;
         let mut attr = zeroed_attr();
-        attr.__bindgen_anon_2 = bpf_attr__bindgen_ty_2 {
-            map_fd: self.outer.as_raw_fd() as u32,
-            key: std::ptr::from_ref(&key) as u64,
-            __bindgen_anon_1: bpf_attr__bindgen_ty_2__bindgen_ty_1 {
-                value: std::ptr::from_ref(&value) as u64,
-            },
-            flags: 0,
-        };
+        attr.__bindgen_anon_2.map_fd = self.outer.as_raw_fd() as u32;
+        attr.__bindgen_anon_2.key = std::ptr::from_ref(&key) as u64;
+        attr.__bindgen_anon_2.__bindgen_anon_1.value = std::ptr::from_ref(&value) as u64;
         bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
     }
 }
@@ -212,14 +188,8 @@ impl RcuBarrier {
 pub fn link_update(link: &Path, new_prog: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     let fd = obj_get(link)?;
     let mut attr = zeroed_attr();
-    attr.link_update = bpf_attr__bindgen_ty_15 {
-        link_fd: fd.as_raw_fd() as u32,
-        __bindgen_anon_1: bpf_attr__bindgen_ty_15__bindgen_ty_1 {
-            new_prog_fd: new_prog.as_raw_fd() as u32,
-        },
-        flags: 0,
-        __bindgen_anon_2: bpf_attr__bindgen_ty_15__bindgen_ty_2 { old_prog_fd: 0 },
-    };
+    attr.link_update.link_fd = fd.as_raw_fd() as u32;
+    attr.link_update.__bindgen_anon_1.new_prog_fd = new_prog.as_raw_fd() as u32;
     bpf(bpf_cmd::BPF_LINK_UPDATE, &mut attr).map(drop)
 }
 
