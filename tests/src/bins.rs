@@ -45,3 +45,9 @@ pub fn probe_path() -> PathBuf {
     );
     p
 }
+
+/// The upgrade test's second qmail-guard (programs that differ by a no-op), which
+/// `cargo xtask test` builds into `<bin dir>/upgrade-variant/`.
+pub fn variant_path() -> PathBuf {
+    bin_path("upgrade-variant/qmail-guard")
+}

@@ -162,6 +162,19 @@ pub fn connect_hook_programs(cgroup: &Path) -> (Vec<u64>, Vec<u64>) {
     (ids(false), ids(true))
 }
 
+/// `bpftool -j prog show id ID`'s tag.
+pub fn prog_tag_by_id(id: u64) -> String {
+    let mut c = Command::new("bpftool");
+    c.args(["-j", "prog", "show", "id", &id.to_string()]);
+    let out = cmd::run_ok(&mut c);
+    let v: Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("`{}` printed invalid JSON ({e}): {out}", cmd::describe(&c)));
+    v["tag"]
+        .as_str()
+        .unwrap_or_else(|| panic!("bpftool prog show id {id}: no tag in {v}"))
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

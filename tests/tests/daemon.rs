@@ -437,3 +437,39 @@ impl Drop for Cleanup {
         let _ = fs::remove_dir_all(&self.0);
     }
 }
+
+#[test]
+fn run_without_port_keeps_the_ports_in_force_also_on_reattach_and_port_replaces_them() {
+    let mh = scene::mail_host();
+    let g = Guard::new(&mh.host);
+    let help = g.run_ok(&["run", "--help"]);
+    assert!(
+        help.contains("without --port the ports in force are kept"),
+        "{help}"
+    );
+    let out = g.attach_ports(mh.cgroup.path(), &[2525]);
+    guard_tests::guard::ensure_success("attach --port 2525", &out);
+    let ports = |g: &Guard| g.status_json()["ports"].clone();
+    let mut d = start(&g, &mh);
+    assert_eq!(ports(&g), serde_json::json!([2525]), "run without --port");
+    assert_eq!(mh.connect(HOST_V4, 2525), REFUSED);
+    assert_eq!(mh.connect(HOST_V4, SMTP), Allowed, "25 is not guarded");
+
+    // A restarted unit: the daemon attaches to the new cgroup and keeps the ports.
+    fs::remove_dir(mh.cgroup.path()).expect("remove the (empty) cgroup");
+    fs::create_dir(mh.cgroup.path()).expect("re-create the cgroup");
+    eventually("the re-created cgroup to be guarded on 2525", || {
+        mh.connect(HOST_V4, 2525) == REFUSED
+    });
+    assert_eq!(ports(&g), serde_json::json!([2525]), "after the re-attach");
+    d.terminate();
+
+    let _d = Daemon::start(&g, mh.cgroup.path(), &["--port", "25", "--port", "587"]);
+    assert_eq!(
+        ports(&g),
+        serde_json::json!([25, 587]),
+        "run --port replaces"
+    );
+    assert_eq!(mh.connect(HOST_V4, SMTP), REFUSED);
+    assert_eq!(mh.connect(HOST_V4, 2525), Allowed);
+}

@@ -585,9 +585,10 @@ impl HeldLock {
     }
 }
 
-/// Whether `pid` sleeps in flock(2) (or we cannot tell: then give it time instead).
+/// Whether `pid` sleeps in flock(2).
 fn waits_for_lock(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/wchan")).is_ok_and(|w| w.contains("flock"))
+    // flock_lock_inode_wait on older kernels, locks_lock_inode_wait on newer ones.
+    fs::read_to_string(format!("/proc/{pid}/wchan")).is_ok_and(|w| w.contains("lock_inode_wait"))
 }
 
 #[test]
@@ -617,6 +618,58 @@ fn a_sync_that_waited_for_the_lock_applies_the_newest_set() {
         mh.connect(added, SMTP),
         REFUSED,
         "the waiting sync lost the address"
+    );
+}
+
+#[test]
+fn the_daemon_reattaching_a_recreated_cgroup_computes_its_set_under_the_lock() {
+    let added = "198.51.100.78";
+    let mh = MailHost::new(&[added]);
+    let g = Guard::new(&mh.host);
+    scene::write_control(&g);
+    let d = Daemon::start(&g, mh.cgroup.path(), &[]);
+    assert_eq!(mh.connect(added, SMTP), Allowed);
+
+    // A restarted unit (new cgroup) while another writer holds the lock: the daemon's attach
+    // waits for it, and the set changes meanwhile. The attach writes the set, so it must be
+    // the one computed once the lock is held, not the one from before the wait.
+    let lock = HeldLock::take(g.pin_dir());
+    fs::remove_dir(mh.cgroup.path()).expect("remove the (empty) cgroup");
+    fs::create_dir(mh.cgroup.path()).expect("re-create the cgroup");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !waits_for_lock(d.pid()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        waits_for_lock(d.pid()),
+        "the daemon did not wait for the lock: {:#?}",
+        d.lines()
+    );
+    let attach_lines = |d: &Daemon| -> Vec<String> {
+        d.lines()
+            .into_iter()
+            .filter(|l| l.contains("attached connect4 connect6"))
+            .collect()
+    };
+    assert_eq!(attach_lines(&d).len(), 1, "only the attach at start so far");
+    let before = d.lines().len();
+    g.write_control("moreipme", &format!("{}\n{added}\n", scene::MOREIPME));
+    drop(lock);
+    eventually("the re-attach", || attach_lines(&d).len() == 2);
+    let line = attach_lines(&d).pop().expect("two lines");
+    assert!(
+        line.contains("(1 written, 0 removed)"),
+        "the re-attach must write the set computed under the lock (with {added}): {line}"
+    );
+    assert_eq!(mh.connect(added, SMTP), REFUSED);
+    // Nothing was left for the daemon's own update to add afterwards.
+    std::thread::sleep(Duration::from_millis(300));
+    let later: Vec<String> = d.lines()[before..].to_vec();
+    assert!(
+        !later
+            .iter()
+            .any(|l| l.contains("sync:") && !l.contains("(0 written, 0 removed)")),
+        "{later:#?}"
     );
 }
 

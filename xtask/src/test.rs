@@ -72,6 +72,9 @@ pub fn run(o: &Options) -> Result<()> {
             failed.push(e);
         }
     }
+    // The variant first: building it replaces target/debug/qmail-guard, which the normal
+    // build below puts back (both are cached, so a warm run rebuilds neither).
+    build_upgrade_variant(&cargo, &bin_dir)?;
     step(&mut cargo(&[
         "build",
         "--workspace",
@@ -94,6 +97,38 @@ pub fn run(o: &Options) -> Result<()> {
         );
     }
     println!("cargo xtask test: all checks and tests passed in {secs:.0} s");
+    Ok(())
+}
+
+/// Where the upgrade test finds its second qmail-guard, under the binaries' directory
+/// (tests/src/bins.rs reads the same name).
+const VARIANT_DIR: &str = "upgrade-variant";
+
+/// The gap-free upgrade test needs a second qmail-guard whose kernel programs differ: the same
+/// code with the `upgrade-test-variant` feature (a no-op in the programs), copied to
+/// `<bin dir>/upgrade-variant/qmail-guard`. Built with the workspace's feature resolution, so
+/// it shares every dependency with the normal build and only guard-loader (with its eBPF
+/// object) and qmail-guard are compiled again, once.
+fn build_upgrade_variant(cargo: &dyn Fn(&[&str]) -> Command, bin_dir: &Path) -> Result<()> {
+    step(&mut cargo(&[
+        "build",
+        "--workspace",
+        "--exclude",
+        BPF_ONLY_CRATE,
+        "--bin",
+        "qmail-guard",
+        "--features",
+        "qmail-guard/upgrade-test-variant",
+    ]))?;
+    let dir = bin_dir.join(VARIANT_DIR);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let (from, to) = (bin_dir.join("qmail-guard"), dir.join("qmail-guard"));
+    // Replaced by rename, so a test still running an older copy keeps its file.
+    let tmp = dir.join(".qmail-guard.new");
+    std::fs::copy(&from, &tmp)
+        .with_context(|| format!("cannot copy {} to {}", from.display(), tmp.display()))?;
+    std::fs::rename(&tmp, &to)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), to.display()))?;
     Ok(())
 }
 

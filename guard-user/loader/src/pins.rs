@@ -44,8 +44,11 @@ impl PinDir {
     pub fn map(&self, name: &str) -> PathBuf {
         self.root.join("maps").join(name)
     }
+    pub fn progs_dir(&self) -> PathBuf {
+        self.root.join("progs")
+    }
     pub fn prog(&self, hook: Hook) -> PathBuf {
-        self.root.join("progs").join(hook.name())
+        self.progs_dir().join(hook.name())
     }
     pub fn link(&self, cgroup_id: u64, hook: Hook) -> PathBuf {
         self.root

@@ -36,6 +36,8 @@ pub struct Status {
     pub program_tags: BTreeMap<&'static str, String>,
     /// Whether the pinned programs are this binary's own (None: could not tell).
     pub program_matches_binary: Option<bool>,
+    /// Tags of this binary's own programs (empty if they could not be loaded for comparison).
+    pub binary_program_tags: BTreeMap<&'static str, String>,
     /// The generation of the set in force (it moves by one with every change of the set).
     pub generation: u32,
     pub attachments: Vec<Attachment>,
@@ -115,9 +117,15 @@ pub fn status(pins: &PinDir) -> Result<Status, GuardError> {
         .into_iter()
         .map(|h| (h, ProgramInfo::from_pin(pins.prog(h)).ok().map(|i| i.tag())))
         .collect();
-    let program_matches_binary = crate::object::embedded_tags()
-        .ok()
+    let own = crate::object::embedded_tags().ok();
+    let program_matches_binary = own
+        .as_ref()
         .map(|own| own.iter().all(|(h, t)| pinned.contains(&(*h, Some(*t)))));
+    let binary_program_tags = own
+        .iter()
+        .flatten()
+        .map(|(h, t)| (h.name(), crate::object::tag_hex(*t)))
+        .collect();
     Ok(Status {
         attached: attachments.iter().any(|a| a.link_id.is_some()),
         attached_since_unix_time: attachments
@@ -130,6 +138,7 @@ pub fn status(pins: &PinDir) -> Result<Status, GuardError> {
             .filter_map(|(h, t)| Some((h.name(), format!("{:016x}", (*t)?))))
             .collect(),
         program_matches_binary,
+        binary_program_tags,
         last_sync: st.last_sync,
         last_refusal: st.last_refusal,
         daemon,
@@ -171,10 +180,18 @@ impl std::fmt::Display for Status {
             .iter()
             .map(|(h, t)| format!("{h} {t}"))
             .collect();
+        let own: Vec<String> = self
+            .binary_program_tags
+            .iter()
+            .map(|(h, t)| format!("{h} {t}"))
+            .collect();
         let matches = match self.program_matches_binary {
-            Some(true) => "this binary's programs",
-            Some(false) => "NOT this binary's programs: loaded by another build",
-            None => "cannot tell whether they are this binary's",
+            Some(true) => "this binary's programs".to_string(),
+            Some(false) => format!(
+                "NOT this binary's programs ({}): loaded by another build; `attach` with this binary replaces them in place",
+                own.join(", ")
+            ),
+            None => "cannot tell whether they are this binary's".to_string(),
         };
         writeln!(f, "program tags:  {} ({matches})", tags.join(", "))?;
         let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();

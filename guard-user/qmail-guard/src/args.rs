@@ -71,8 +71,9 @@ pub enum Command {
         #[command(flatten)]
         home: Home,
         /// Guarded destination port, 1-65535 (repeat for several, at most 64). Replaces the
-        /// guarded ports; give `attach` the same ports.
-        #[arg(long = "port", value_name = "N", default_values_t = [guard_common::DEFAULT_PORT], value_parser = port_parser())]
+        /// guarded ports of every attached cgroup; without --port the ports in force are kept
+        /// (25 when nothing is attached yet), also when a cgroup is attached again.
+        #[arg(long = "port", value_name = "N", value_parser = port_parser())]
         ports: Vec<u16>,
         #[command(flatten)]
         pins: Pins,

@@ -162,14 +162,18 @@ fn run(command: Command) -> Result<ExitCode> {
             learn,
         } => {
             require_root("run", &pins.pin_dir)?;
-            guard::limits::check_ports(&ports.iter().copied().collect())?;
+            let ports: Option<BTreeSet<u16>> =
+                (!ports.is_empty()).then(|| ports.into_iter().collect());
+            if let Some(p) = &ports {
+                guard::limits::check_ports(p)?;
+            }
             refuse_root_targets(&cgroups, &units, danger.allow_root_cgroup)?;
             daemon::init_logging();
             daemon::run(daemon::Config {
                 units,
                 cgroups,
                 qmail_home: home.dir(),
-                ports: ports.into_iter().collect(),
+                ports,
                 pin_dir: pins.pin_dir,
                 detach_on_exit,
                 resync: std::time::Duration::from_secs(resync_secs),

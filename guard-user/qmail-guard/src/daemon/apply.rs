@@ -12,20 +12,23 @@ pub enum Applied {
     Synced(SyncReport),
     /// The maps are there but refuse the update (e.g. full): what is in force stays.
     Refused(String),
-    /// The pins were gone; the guard was loaded again (its links must be re-made).
-    Rebuilt(SyncReport),
+    /// The pins were gone; the guard was loaded again (its links must be re-made) with the
+    /// set computed then.
+    Rebuilt(SyncReport, Option<IpmeSet>),
     /// The pins were gone and loading again failed (logged); retry later.
     Failed,
 }
 
 /// Writes `set`, which the caller computed while holding `lock` (lock, then compute: so the
 /// daemon never writes a set older than one `sync` or `attach` applied while it waited).
-/// A set over the maps' capacity is refused before anything is written.
+/// A set over the maps' capacity is refused before anything is written. A rebuild takes the
+/// lock again and computes its set with `recompute` then.
 pub fn apply(
     pins: &PinDir,
     set: &IpmeSet,
     ports: &BTreeSet<u16>,
     lock: Result<PinLock, GuardError>,
+    recompute: impl FnOnce() -> Result<IpmeSet, GuardError>,
 ) -> Applied {
     let result = lock.and_then(|lock| {
         limits::check_capacity(set)?;
@@ -39,8 +42,12 @@ pub fn apply(
         Err(e) if pins.maps_pinned() => Applied::Refused(Chain(&e).to_string()),
         Err(e) => {
             warn!("{}; loading the guard again", Chain(&e));
-            match guard::prepare(pins, set, ports) {
-                Ok(r) => Applied::Rebuilt(r.sync),
+            let mut fresh = None;
+            let slot = &mut fresh;
+            match guard::prepare_with(pins, (!ports.is_empty()).then_some(ports), move || {
+                Ok::<_, GuardError>(&*slot.insert(recompute()?))
+            }) {
+                Ok(r) => Applied::Rebuilt(r.sync, fresh),
                 Err(e) => {
                     error!("cannot restore the guard: {}; retrying", Chain(&e));
                     Applied::Failed

@@ -32,6 +32,7 @@ pub mod logs;
 pub mod metrics;
 mod netlink;
 mod notify;
+mod prog_watch;
 mod refusal;
 mod report;
 mod spool_watch;
@@ -60,6 +61,7 @@ use learning::Learning;
 use logs::RefusalLog;
 use metrics::Metrics;
 use netlink::NetlinkWatch;
+use prog_watch::ProgWatch;
 use report::{InputErrors, OnceError, StateFile, status_line};
 use spool_watch::{SpoolNews, SpoolWatch};
 use targets::Targets;
@@ -87,7 +89,9 @@ pub struct Config {
     /// cgroup2 directories to guard.
     pub cgroups: Vec<PathBuf>,
     pub qmail_home: PathBuf,
-    pub ports: BTreeSet<u16>,
+    /// The guarded ports to write at start; None keeps the ports in force (25 when nothing is
+    /// pinned yet).
+    pub ports: Option<BTreeSet<u16>>,
     pub pin_dir: PathBuf,
     /// Remove the guard from the targets on SIGTERM/SIGINT (default: leave it in force).
     pub detach_on_exit: bool,
@@ -143,6 +147,7 @@ enum Wake {
     Cgroup,
     Spool,
     Log,
+    Programs,
     Hangup,
     Terminate(&'static str),
     Resync,
@@ -159,6 +164,8 @@ struct Sources {
     cgroups: CgroupWatch,
     spool: SpoolWatch,
     log: Option<RefusalLog>,
+    /// The pinned programs, to follow the refusal log to programs another process pinned.
+    progs: ProgWatch,
 }
 
 struct Signals {
@@ -190,6 +197,9 @@ struct Daemon {
     learning: Learning,
     /// The last map update error, logged once until it changes or clears.
     apply_error: OnceError,
+    /// The guarded ports in force when last read: a guard rebuilt after its pins vanished
+    /// gets these back.
+    ports: BTreeSet<u16>,
     signals: Option<Signals>,
     metrics: Option<Metrics>,
     /// A refusal read from the log and not yet in the state file.
@@ -222,7 +232,7 @@ impl Daemon {
                 pins.root.display()
             );
         }
-        let sources = Sources::subscribe(&config.qmail_home, &targets)?;
+        let sources = Sources::subscribe(&config.qmail_home, &targets, &pins)?;
         let mut inputs = InputState::new(&config.qmail_home);
         let computed = match inputs.compute() {
             Ok(c) => c,
@@ -253,6 +263,7 @@ impl Daemon {
                 config.learn_expiry,
             ),
             apply_error: OnceError::default(),
+            ports: config.ports.clone().unwrap_or_default(),
             signals: Some(signals),
             metrics: config
                 .metrics_file
@@ -278,7 +289,7 @@ impl Daemon {
         let mut fresh = None;
         let slot = &mut fresh;
         let inputs = &mut daemon.inputs;
-        let report = guard::prepare_with(&daemon.pins, Some(&daemon.config.ports), move || {
+        let report = guard::prepare_with(&daemon.pins, daemon.config.ports.as_ref(), move || {
             let c = inputs.compute()?;
             Ok::<_, GuardError>(&*slot.insert(c.set))
         })?;
@@ -304,6 +315,7 @@ impl Daemon {
         if let Some(m) = daemon.metrics.as_mut() {
             m.synced(&daemon.set);
         }
+        daemon.read_ports();
         let failures = daemon.ensure_targets(true);
         if !failures.is_empty() {
             return Err(DaemonError::Attach(failures.join("; ")));
@@ -351,6 +363,7 @@ impl Daemon {
                     r = s.spool.readable() => io_wake(r, Wake::Spool, "spool watch")?,
                     r = async { match log { Some(l) => l.readable().await, None => std::future::pending().await } }
                         => io_wake(r, Wake::Log, "refusal log")?,
+                    r = s.progs.readable() => io_wake(r, Wake::Programs, "program pin watch")?,
                     _ = hup.recv() => Wake::Hangup,
                     _ = term.recv() => Wake::Terminate("SIGTERM"),
                     _ = int.recv() => Wake::Terminate("SIGINT"),
@@ -386,6 +399,14 @@ impl Daemon {
                 }
                 Wake::Watchdog => {
                     notify::watchdog();
+                    continue;
+                }
+                Wake::Programs => {
+                    match self.sources.progs.drain() {
+                        Ok(true) => self.reopen_log(),
+                        Ok(false) => {}
+                        Err(e) => warn!("program pin watch failed ({e}); checking the programs"),
+                    }
                     continue;
                 }
                 Wake::Terminate(name) => {
@@ -456,6 +477,7 @@ impl Daemon {
             self.sources.cgroups.set_targets(self.targets.paths());
             self.sources.control.ensure();
             self.sources.spool.ensure();
+            self.sources.progs.ensure();
         }
         // Learn first, so the recomputation below already enforces what was learned; the
         // store is written after the maps (its fsyncs are not on the way to the kernel).
@@ -485,6 +507,7 @@ impl Daemon {
             }
         }
         if full {
+            self.read_ports();
             self.reopen_log();
             self.write_state();
             notify::status(&self.status_line());
@@ -530,7 +553,11 @@ impl Daemon {
         woke: Instant,
         lock: Result<guard::PinLock, GuardError>,
     ) {
-        match apply::apply(&self.pins, &self.set, &self.config.ports, lock) {
+        let inputs = &mut self.inputs;
+        let applied = apply::apply(&self.pins, &self.set, &self.ports, lock, || {
+            Ok(inputs.compute()?.set)
+        });
+        match applied {
             Applied::Synced(r) => {
                 if self.apply_error.clear() {
                     info!("the maps accept updates again");
@@ -562,7 +589,10 @@ impl Daemon {
                 }
                 self.schedule(RETRY);
             }
-            Applied::Rebuilt(r) => {
+            Applied::Rebuilt(r, set) => {
+                if let Some(set) = set {
+                    self.set = set;
+                }
                 self.record_sync(&r);
                 if let Some(m) = self.metrics.as_mut() {
                     m.synced(&self.set);
@@ -582,15 +612,30 @@ impl Daemon {
         }
     }
 
-    /// Attaches to every target that exists; returns one message per failure.
+    /// Attaches to every target that exists; returns one message per failure. An attach
+    /// computes the set under the pin directory's lock (as `update` does) and keeps the ports
+    /// in force.
     fn ensure_targets(&mut self, verify_all: bool) -> Vec<String> {
+        let inputs = &mut self.inputs;
         let out = self
             .targets
-            .ensure(&self.pins, &self.set, &self.config.ports, verify_all);
+            .ensure(&self.pins, None, verify_all, || Ok(inputs.compute()?.set));
+        if let Some(set) = out.set {
+            self.set = set;
+        }
         if out.retry {
             self.schedule(RETRY);
         }
         out.failures
+    }
+
+    /// Remembers the guarded ports in force, for a rebuild.
+    fn read_ports(&mut self) {
+        if let Ok(p) = guard::GuardMaps::open(&self.pins).and_then(|m| m.ports())
+            && !p.is_empty()
+        {
+            self.ports = p;
+        }
     }
 
     fn report_input_errors(&mut self, errors: &[IpmeError], control_changed: bool) {
@@ -599,9 +644,10 @@ impl Daemon {
         }
     }
 
-    /// (Re)opens the refusal log reader when the pinned programs changed (first start, or the
-    /// guard was reloaded).
+    /// (Re)opens the refusal log reader when the pinned programs changed (first start, the
+    /// guard was reloaded, or another process replaced the programs with another build's).
     fn reopen_log(&mut self) {
+        self.sources.progs.ensure();
         let prog = self.pins.prog(Hook::Connect4);
         let id = match aya::programs::ProgramInfo::from_pin(&prog) {
             Ok(info) => info.id(),
@@ -621,6 +667,10 @@ impl Daemon {
             .is_some_and(|l| l.program_id() == id)
         {
             return;
+        }
+        // What the replaced programs logged before the switch is still in their ring.
+        if let Some(old) = self.sources.log.as_mut() {
+            old.finish();
         }
         // Both programs of one load share one ring buffer, so one reader covers both.
         match RefusalLog::open(id, &self.pins, self.config.log_rate) {
@@ -732,7 +782,11 @@ impl Daemon {
 
 impl Sources {
     /// Subscribe first, compute second: a change in between is then seen as an event.
-    fn subscribe(qmail_home: &std::path::Path, targets: &Targets) -> Result<Sources, DaemonError> {
+    fn subscribe(
+        qmail_home: &std::path::Path,
+        targets: &Targets,
+        pins: &PinDir,
+    ) -> Result<Sources, DaemonError> {
         let netlink =
             NetlinkWatch::new().map_err(|e| DaemonError::Io("cannot subscribe to rtnetlink", e))?;
         let control = ControlWatch::new(qmail_home)
@@ -747,12 +801,15 @@ impl Sources {
             .map_err(|e| DaemonError::Io("cannot watch the cgroup directories", e))?;
         let spool = SpoolWatch::new(qmail_home)
             .map_err(|e| DaemonError::Io("cannot watch the learning spool", e))?;
+        let progs = ProgWatch::new(pins.progs_dir())
+            .map_err(|e| DaemonError::Io("cannot watch the pinned programs", e))?;
         Ok(Sources {
             netlink,
             control,
             cgroups,
             spool,
             log: None,
+            progs,
         })
     }
 }

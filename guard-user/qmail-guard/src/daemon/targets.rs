@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use guard_loader::{
-    self as guard, PinDir,
+    self as guard, GuardError, PinDir,
     attach::is_attached,
     cgroup::{Cgroup, CgroupError, cgroup2_mount},
 };
@@ -55,6 +55,8 @@ pub struct Ensured {
     pub failures: Vec<String>,
     /// Something failed that may work later: try again soon.
     pub retry: bool,
+    /// The set the last attach computed (under the lock) and wrote, if one did.
+    pub set: Option<IpmeSet>,
 }
 
 /// Every target of this daemon, in command-line order, without duplicate paths.
@@ -135,12 +137,16 @@ impl Targets {
     /// Attaches (idempotently) to every target cgroup that exists, verifies by reading back,
     /// and removes links of cgroups that are gone. With `verify_all` false, targets already
     /// verified on the same cgroup id are only checked for their link pins.
+    ///
+    /// An attach writes the set too, so it is computed by `compute` under the pin directory's
+    /// lock (lock, then compute), never taken from an earlier computation: another writer may
+    /// have applied a newer set meanwhile. `ports` None keeps the guarded ports in force.
     pub fn ensure(
         &mut self,
         pins: &PinDir,
-        set: &IpmeSet,
-        ports: &BTreeSet<u16>,
+        ports: Option<&BTreeSet<u16>>,
         verify_all: bool,
+        mut compute: impl FnMut() -> Result<IpmeSet, GuardError>,
     ) -> Ensured {
         let mut out = Ensured::default();
         for t in &mut self.0 {
@@ -167,12 +173,20 @@ impl Targets {
             if !verify_all && t.attached == Some(cg.id) && is_attached(pins, cg.id) {
                 continue;
             }
-            match guard::attach(pins, &cg, set, ports) {
+            let latest = &mut out.set;
+            let attached = guard::attach_with(pins, &cg, ports, || {
+                let set = compute()?;
+                Ok::<_, GuardError>(&*latest.insert(set))
+            });
+            match attached {
                 Ok(r) if !r.attached.is_empty() => info!(
-                    "attached {} to {} (cgroup id {})",
+                    "attached {} to {} (cgroup id {}); maps: {} entries ({} written, {} removed)",
                     r.attached.join(" "),
                     t.label(),
-                    cg.id
+                    cg.id,
+                    r.sync.total,
+                    r.sync.upserted,
+                    r.sync.removed
                 ),
                 Ok(_) => {}
                 Err(e) => {
