@@ -210,3 +210,61 @@ fn a_running_daemon_keeps_logging_refusals_after_another_process_upgrades() {
         Value::Bool(true)
     );
 }
+
+/// The maps an earlier release pinned: one trie per family, no generation.
+const OLD_LAYOUT_MAPS: [&str; 4] = ["IPME_V4", "IPME_V6", "PORTS", "STATS"];
+
+#[test]
+fn pins_of_the_single_trie_layout_are_migrated_without_a_gap() {
+    let normal = bins::bin_path("qmail-guard");
+    let variant = bins::variant_path();
+    let mh = MailHost::new(&[ME, OTHER]);
+    let g = Guard::new(&mh.host);
+    g.write_control("moreipme", &format!("{ME}\n"));
+    // The layout of a release before generations, made from the variant's pins: its programs
+    // keep running (they hold their generation map), but only the four old names are pinned.
+    attach_with(&g, &variant, mh.cgroup.path());
+    let old_tag = runs_only_programs_of(&g, &variant, mh.cgroup.path());
+    let maps_dir = g.pin_dir().join("maps");
+    for e in std::fs::read_dir(&maps_dir).expect("maps dir").flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !OLD_LAYOUT_MAPS.contains(&name.as_str()) {
+            std::fs::remove_file(e.path()).expect("unpin a map of the new layout");
+        }
+    }
+    let kept_ids: Vec<u64> = ["PORTS", "STATS"]
+        .iter()
+        .map(|m| bpftool::map_id(&g.map(m)))
+        .collect();
+    let set_v4 = bpftool::lpm_entries(&bpftool::map_dump(&g.map("IPME_V4")));
+
+    let lp = ConnectLoop::start(&mh.cgroup, &mh.host, ME, OTHER, SMTP);
+    let out = attach_with(&g, &normal, mh.cgroup.path());
+    std::thread::sleep(Duration::from_millis(200));
+    let c = lp.finish();
+    eprintln!("migration: {c:?}");
+    assert!(
+        out.contains("replaced the running programs in place")
+            && out.contains("maps migrated to generations"),
+        "attach did not report the migration: {out}"
+    );
+    assert_gap_free(&c, "migration");
+    let tag = runs_only_programs_of(&g, &normal, mh.cgroup.path());
+    assert_ne!(tag, old_tag);
+    for m in KEPT_MAPS {
+        assert!(g.map(m).exists(), "{m} is not pinned after the migration");
+    }
+    let ids: Vec<u64> = ["PORTS", "STATS"]
+        .iter()
+        .map(|m| bpftool::map_id(&g.map(m)))
+        .collect();
+    assert_eq!(ids, kept_ids, "PORTS and STATS carry over");
+    let mut now = bpftool::lpm_entries(&bpftool::map_dump(&g.map("IPME_V4")));
+    let mut was = set_v4;
+    now.sort_by(|a, b| (a.prefix_len, &a.data).cmp(&(b.prefix_len, &b.data)));
+    was.sort_by(|a, b| (a.prefix_len, &a.data).cmp(&(b.prefix_len, &b.data)));
+    assert_eq!(now, was, "the set in force after the migration");
+    // The migrated pins are the current layout: a sync works on them.
+    guard_tests::guard::ensure_success("sync", &g.sync());
+    assert_eq!(mh.connect(ME, SMTP), guard_tests::ProbeResult::REFUSED);
+}
