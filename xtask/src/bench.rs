@@ -5,6 +5,7 @@
 //! never waits for a dropped SYN's retransmission (see bench/listen.rs and bench/netstat.rs).
 //! Everything it creates is removed at the end, on error, on Ctrl-C and on SIGTERM.
 
+mod apply;
 mod bpfmap;
 mod client;
 mod connect;
@@ -44,9 +45,9 @@ pub struct Options {
     /// A smoke run: few rounds, no 1M sets (a minute; numbers not for publishing).
     #[arg(long)]
     quick: bool,
-    /// Run only these sections (repeatable): connect, update, delivery, tls, nat, storm. The others
-    /// appear as "not run"; bench/results.md is then not overwritten.
-    #[arg(long, value_name = "SECTION", value_parser = ["connect", "update", "delivery", "tls", "nat", "storm"])]
+    /// Run only these sections (repeatable): connect, update, apply, delivery, tls, nat, storm.
+    /// The others appear as "not run"; bench/results.md is then not overwritten.
+    #[arg(long, value_name = "SECTION", value_parser = ["connect", "update", "apply", "delivery", "tls", "nat", "storm"])]
     only: Vec<String>,
     /// Also measure this qmail-remote (e.g. a TLS-patched C build) side by side with ours,
     /// interleaved, in every qmail-remote row; without it the stock rows are quoted figures.
@@ -106,6 +107,12 @@ pub fn run(o: &Options) -> Result<()> {
     } else {
         skipped()
     };
+    let apply = if wanted("apply") {
+        section("apply time of a whole set (attach, one-entry sync)")?;
+        keep(&mut failed, "apply", apply::run(&plan, &qmail_guard))
+    } else {
+        skipped()
+    };
     let stock_bin = o.stock_qmail_remote.as_ref().map(|p| stock::Binary {
         path: p.clone(),
         home: o.stock_qmail_home.clone(),
@@ -161,6 +168,7 @@ pub fn run(o: &Options) -> Result<()> {
         elapsed: started.elapsed(),
         connect,
         update,
+        apply,
         delivery,
         tls,
         stock_measured: stock_bin.is_some(),

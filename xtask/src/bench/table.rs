@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use super::delivery::Figures;
 use super::plan::Plan;
-use super::{connect, natloop, storm, tls, update};
+use super::{apply, connect, natloop, storm, tls, update};
 
+mod apply_table;
 mod connect_tables;
 mod delivery_table;
 mod nat_table;
@@ -24,6 +25,7 @@ pub struct All {
     pub elapsed: Duration,
     pub connect: Section<connect::Results>,
     pub update: Section<Option<update::Results>>,
+    pub apply: Section<apply::Results>,
     pub delivery: Section<Vec<Figures>>,
     pub tls: Section<tls::Results>,
     /// `--stock-qmail-remote` was given: stock rows are measured, not quoted.
@@ -66,6 +68,7 @@ pub fn render(a: &All) -> String {
     );
     connect_tables::render(&mut s, a, &mut targets);
     update_table::render(&mut s, a, &mut targets);
+    apply_table::render(&mut s, a);
     delivery_table::render(&mut s, a, &mut targets);
     tls_table::render(&mut s, a, &mut targets);
     nat_table::render(&mut s, a);
