@@ -15,7 +15,6 @@
 use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -52,51 +51,21 @@ fn accounts_with(host: &str, line: &str) -> String {
     out
 }
 
-fn cstring(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).expect("path without NUL bytes")
-}
-
 /// Makes the child enter the netns at `netns`, then a private mount namespace in which each
 /// `(source, target)` of `binds` is bind-mounted.
 fn enter_with_binds(cmd: &mut Command, netns: &Path, binds: &[(&Path, &Path)]) {
     // Allocated before fork: only async-signal-safe calls are allowed in the hook.
-    let netns = cstring(netns);
+    let netns = nsenter::cstring(netns);
     let binds: Vec<(CString, CString)> = binds
         .iter()
-        .map(|(src, dst)| (cstring(src), cstring(dst)))
+        .map(|(src, dst)| (nsenter::cstring(src), nsenter::cstring(dst)))
         .collect();
     let hook = move || -> io::Result<()> {
-        // SAFETY: setns/unshare/mount on valid C strings; all async-signal-safe.
+        // SAFETY: join_netns and private_binds are async-signal-safe.
         unsafe {
             nsenter::join_netns(&netns)?;
-            if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // Private propagation first, so the bind mounts below never reach the host.
-            if libc::mount(
-                c"none".as_ptr(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            for (src, dst) in &binds {
-                if libc::mount(
-                    src.as_ptr(),
-                    dst.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-            }
+            nsenter::private_binds(&binds)
         }
-        Ok(())
     };
     // SAFETY: the hook is async-signal-safe (see above).
     unsafe {

@@ -11,7 +11,8 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
-fn cstring(p: &Path) -> CString {
+/// `p` as a C string, for the system calls of a `pre_exec` hook (built before fork).
+pub fn cstring(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).expect("path without NUL bytes")
 }
 
@@ -55,6 +56,46 @@ pub unsafe fn join_netns(netns: &CStr) -> io::Result<()> {
         libc::close(fd);
         if r != 0 {
             return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// Gives the calling thread a private mount namespace and bind-mounts each `(source, target)`
+/// of `binds` in it. Propagation is made private first, so no mount reaches the host. In a
+/// thread it affects that thread (and the children it spawns) only: CLONE_NEWNS implies
+/// CLONE_FS, which a thread may unshare. Async-signal-safe (unshare/mount only), so it may run
+/// in a `pre_exec` hook.
+///
+/// # Safety
+/// As for [`join_cgroup`].
+pub unsafe fn private_binds(binds: &[(CString, CString)]) -> io::Result<()> {
+    // SAFETY: raw system calls on valid C strings.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::mount(
+            c"none".as_ptr(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        for (src, dst) in binds {
+            if libc::mount(
+                src.as_ptr(),
+                dst.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
         }
     }
     Ok(())

@@ -23,7 +23,7 @@ use super::{stock, strace};
 use crate::kit::harness::attempt;
 use crate::kit::measure;
 use crate::kit::netns::in_netns;
-use crate::kit::remote::{MessageFile, Remote};
+use crate::kit::remote::{self, MessageFile, Remote};
 use crate::kit::spawn::{self, Placement};
 use crate::kit::{interrupt, names};
 
@@ -179,21 +179,7 @@ fn measure(inp: &Inputs, runs: usize, rss_runs: usize) -> Result<Vec<Figures>> {
     println!("  peak RSS (VmHWM at exit, traced) and system calls (strace -f -c) …");
     for f in figs.iter_mut() {
         let (msg, wire) = files(inp, f.size);
-        for _ in 0..rss_runs {
-            interrupt::check()?;
-            let mut c = command(inp, f.who, msg, wire)?;
-            c.stdout(Stdio::null()).stderr(Stdio::null());
-            Placement {
-                traceme: true,
-                ..Placement::default()
-            }
-            .apply(&mut c)?;
-            let (st, kib) = measure::peak_rss(&mut c, TIMEOUT)?;
-            if !st.success() {
-                bail!("traced {:?} delivery exited with {st}", f.who);
-            }
-            f.rss_kib.push(kib as f64);
-        }
+        f.rss_kib = measure::peak_rss_runs(rss_runs, TIMEOUT, || command(inp, f.who, msg, wire))?;
         let c = command(inp, f.who, msg, wire)?;
         let home = inp.home.as_os_str();
         let mut env = vec![("PATH", OsStr::new(MIN_PATH))];
@@ -277,24 +263,14 @@ fn deliver(inp: &Inputs, who: Who, msg: &Path, wire: &Path) -> Result<measure::U
             Ok(o.usage)
         }
         Who::Stock => {
-            let mut c = command(inp, who, msg, wire)?;
-            let (mut reader, writer) = std::io::pipe().context("pipe")?;
-            c.stdout(Stdio::from(writer.try_clone().context("dup pipe")?))
-                .stderr(Stdio::from(writer));
-            let start = Instant::now();
-            let mut child = c.spawn().context("cannot start the stock qmail-remote")?;
-            drop(c);
-            let rd = std::thread::spawn(move || {
-                let mut out = Vec::new();
-                let _ = std::io::Read::read_to_end(&mut reader, &mut out);
-                out
-            });
-            let u = measure::wait_usage(&mut child, start, TIMEOUT)?;
-            let rep = crate::kit::report::parse(&rd.join().unwrap_or_default());
-            if !rep.is_delivered() {
-                bail!("the stock qmail-remote did not deliver: {}", rep.render(""));
+            let o = remote::run_command(command(inp, who, msg, wire)?)?;
+            if !o.report.is_delivered() {
+                bail!(
+                    "the stock qmail-remote did not deliver: {}",
+                    o.report.render("")
+                );
             }
-            Ok(u)
+            Ok(o.usage)
         }
         Who::Floor | Who::Exec => {
             let mut c = command(inp, who, msg, wire)?;

@@ -61,34 +61,13 @@ pub fn enter_home(stock: Option<&Binary>, home: &std::path::Path) -> anyhow::Res
         );
     }
     let c = |p: &std::path::Path| std::ffi::CString::new(p.as_os_str().as_bytes());
-    let (src, dst) = (c(home)?, c(&s.home)?);
-    // SAFETY: unshare/mount on valid C strings, affecting this thread only (CLONE_NEWNS
-    // implies CLONE_FS, which a thread may unshare).
-    unsafe {
-        if libc::unshare(libc::CLONE_NEWNS) != 0 {
-            return Err(std::io::Error::last_os_error()).context("unshare(CLONE_NEWNS)");
-        }
-        if libc::mount(
-            c"none".as_ptr(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(std::io::Error::last_os_error()).context("making / private");
-        }
-        if libc::mount(
-            src.as_ptr(),
-            dst.as_ptr(),
-            std::ptr::null(),
-            libc::MS_BIND,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("bind-mounting the qmail home on {}", s.home.display()));
-        }
-    }
+    let binds = [(c(home)?, c(&s.home)?)];
+    // SAFETY: unshare/mount on valid C strings, affecting this thread only.
+    unsafe { guard_tests::nsenter::private_binds(&binds) }.with_context(|| {
+        format!(
+            "bind-mounting the qmail home on {} in a private mount namespace",
+            s.home.display()
+        )
+    })?;
     Ok(())
 }

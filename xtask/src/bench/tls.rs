@@ -7,10 +7,10 @@
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use guard_tests::Netns;
 use guard_tests::mta::{Exim, EximOptions};
 use guard_tests::pki::Pki;
@@ -22,9 +22,9 @@ use super::stock;
 use crate::kit::harness::attempt;
 use crate::kit::measure;
 use crate::kit::netns::in_netns;
-use crate::kit::remote::MessageFile;
-use crate::kit::spawn::{self, Placement};
-use crate::kit::{interrupt, names, report};
+use crate::kit::remote::{self, MessageFile};
+use crate::kit::spawn;
+use crate::kit::{interrupt, names};
 
 const SIZE: usize = 4 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -193,21 +193,7 @@ fn measure_rows(inp: &Inputs, runs: usize, rss_runs: usize) -> Result<Vec<Row>> 
         }
     }
     for r in rows.iter_mut() {
-        for _ in 0..rss_runs {
-            interrupt::check()?;
-            let mut c = command(inp, r.who, r.tls)?;
-            c.stdout(Stdio::null()).stderr(Stdio::null());
-            Placement {
-                traceme: true,
-                ..Placement::default()
-            }
-            .apply(&mut c)?;
-            let (st, kib) = measure::peak_rss(&mut c, TIMEOUT)?;
-            if !st.success() {
-                bail!("traced {} delivery exited with {st}", r.who);
-            }
-            r.rss_kib.push(kib as f64);
-        }
+        r.rss_kib = measure::peak_rss_runs(rss_runs, TIMEOUT, || command(inp, r.who, r.tls))?;
     }
     Ok(rows)
 }
@@ -235,29 +221,13 @@ fn command(inp: &Inputs, who: &str, tls: bool) -> Result<Command> {
 }
 
 fn deliver(inp: &Inputs, who: &str, tls: bool) -> Result<measure::Usage> {
-    let mut c = command(inp, who, tls)?;
-    let (mut reader, writer) = std::io::pipe().context("pipe")?;
-    c.stdout(Stdio::from(writer.try_clone().context("dup pipe")?))
-        .stderr(Stdio::from(writer));
-    let start = Instant::now();
-    let mut child = c
-        .spawn()
-        .with_context(|| format!("cannot start {}", c.get_program().display()))?;
-    drop(c);
-    let rd = std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut reader, &mut out);
-        out
-    });
-    let u = measure::wait_usage(&mut child, start, TIMEOUT)?;
-    let out = rd.join().unwrap_or_default();
-    let rep = report::parse(&out);
-    if !u.status.success() || !rep.is_delivered() {
+    let o = remote::run_command(command(inp, who, tls)?)?;
+    if !o.usage.status.success() || !o.report.is_delivered() {
         bail!(
             "{who} qmail-remote did not deliver ({}):\n{}",
-            u.status,
-            rep.render("  ")
+            o.usage.status,
+            o.report.render("  ")
         );
     }
-    Ok(u)
+    Ok(o.usage)
 }

@@ -4,7 +4,7 @@
 use std::io;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::os::unix::process::ExitStatusExt as _;
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -122,6 +122,32 @@ pub fn peak_rss(cmd: &mut Command, timeout: Duration) -> Result<(ExitStatus, u64
             bail!("PTRACE_CONT: {}", io::Error::last_os_error());
         }
     }
+}
+
+/// [`peak_rss`] of `runs` runs of the command `make` builds (its output discarded), each of
+/// which must exit successfully; in KiB.
+pub fn peak_rss_runs(
+    runs: usize,
+    timeout: Duration,
+    mut make: impl FnMut() -> Result<Command>,
+) -> Result<Vec<f64>> {
+    let mut kib = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        interrupt::check()?;
+        let mut c = make()?;
+        c.stdout(Stdio::null()).stderr(Stdio::null());
+        super::spawn::Placement {
+            traceme: true,
+            ..Default::default()
+        }
+        .apply(&mut c)?;
+        let (st, k) = peak_rss(&mut c, timeout)?;
+        if !st.success() {
+            bail!("traced {} exited with {st}", c.get_program().display());
+        }
+        kib.push(k as f64);
+    }
+    Ok(kib)
 }
 
 /// Kills (SIGKILL) and reaps a pid when dropped.

@@ -65,28 +65,35 @@ impl Remote<'_> {
 
     /// Runs it once and measures it.
     pub fn run(&self) -> Result<Outcome> {
-        let mut c = self.command()?;
-        let (mut reader, writer) = std::io::pipe().context("pipe")?;
-        c.stdout(Stdio::from(writer.try_clone().context("dup pipe")?))
-            .stderr(Stdio::from(writer));
-        let start = Instant::now();
-        let mut child = c.spawn().context("cannot start qmail-remote")?;
-        // The parent's write ends must go, or the reader never sees EOF.
-        drop(c);
-        let rd = std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let _ = reader.read_to_end(&mut out);
-            out
-        });
-        let usage = measure::wait_usage(&mut child, start, TIMEOUT)?;
-        let raw = rd
-            .join()
-            .map_err(|_| anyhow::anyhow!("the report reader panicked"))?;
-        Ok(Outcome {
-            report: report::parse(&raw),
-            usage,
-        })
+        run_command(self.command()?)
     }
+}
+
+/// Runs one qmail-remote command line (ours or another build) with fd 1 and fd 2 on one pipe,
+/// as qmail-rspawn does, and measures it; the report is parsed, not judged.
+pub fn run_command(mut c: Command) -> Result<Outcome> {
+    let (mut reader, writer) = std::io::pipe().context("pipe")?;
+    c.stdout(Stdio::from(writer.try_clone().context("dup pipe")?))
+        .stderr(Stdio::from(writer));
+    let start = Instant::now();
+    let mut child = c
+        .spawn()
+        .with_context(|| format!("cannot start {}", c.get_program().display()))?;
+    // The parent's write ends must go, or the reader never sees EOF.
+    drop(c);
+    let rd = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = reader.read_to_end(&mut out);
+        out
+    });
+    let usage = measure::wait_usage(&mut child, start, TIMEOUT)?;
+    let raw = rd
+        .join()
+        .map_err(|_| anyhow::anyhow!("the report reader panicked"))?;
+    Ok(Outcome {
+        report: report::parse(&raw),
+        usage,
+    })
 }
 
 /// A queued message file under the temp directory, removed on drop.
