@@ -49,9 +49,9 @@ pub fn run(qmail_guard: &Path, probe: &Path) -> Result<Option<Results>> {
     let pid = daemon.pid();
     let window = Duration::from_secs(SECONDS);
 
-    let t0 = cpu_ticks(pid)?;
+    let t0 = cpu_time(pid)?;
     std::thread::sleep(window);
-    let idle = cpu_ticks(pid)? - t0;
+    let idle = cpu_time(pid)? - t0;
 
     let before = daemon.log().len();
     let n = STORM_RATE * SECONDS;
@@ -65,11 +65,11 @@ pub fn run(qmail_guard: &Path, probe: &Path) -> Result<Option<Results>> {
     ])
     .stdout(Stdio::piped());
     Placement::cgroup_netns(cgroup.path(), &netns.path()).apply(&mut c)?;
-    let t1 = cpu_ticks(pid)?;
+    let t1 = cpu_time(pid)?;
     let start = Instant::now();
     let out = c.output().context("cannot run guard-probe storm")?;
     let elapsed = start.elapsed();
-    let storm = cpu_ticks(pid)? - t1;
+    let storm = cpu_time(pid)? - t1;
     let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let want = format!("refused {n} other 0");
     if line != want {
@@ -79,8 +79,7 @@ pub fn run(qmail_guard: &Path, probe: &Path) -> Result<Option<Results>> {
     std::thread::sleep(Duration::from_millis(1500));
     let log = daemon.log();
     let new = &log[before.min(log.len())..];
-    let hz = clock_ticks_per_second();
-    let share = |ticks: u64, d: Duration| ticks as f64 / hz / d.as_secs_f64();
+    let share = |cpu: Duration, d: Duration| cpu.as_secs_f64() / d.as_secs_f64();
     Ok(Some(Results {
         rate: n as f64 / elapsed.as_secs_f64(),
         storm_cpu: share(storm, elapsed),
@@ -94,26 +93,27 @@ pub fn run(qmail_guard: &Path, probe: &Path) -> Result<Option<Results>> {
     }))
 }
 
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
-    let after = stat
-        .rfind(')')
-        .map(|i| &stat[i + 2..])
-        .context("malformed /proc/PID/stat")?;
-    // Fields after the command: state is field 3, utime 14, stime 15.
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let num = |i: usize| -> Result<u64> {
-        f.get(i)
-            .and_then(|v| v.parse().ok())
-            .context("malformed /proc/PID/stat")
-    };
-    Ok(num(11)? + num(12)?)
-}
-
-fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
+/// CPU time of every thread of a process, from the scheduler's nanosecond accounting
+/// (`/proc/PID/task/TID/schedstat`, first field): utime/stime tick at 10 ms, too coarse for
+/// a daemon that spends a few ms in a storm.
+fn cpu_time(pid: u32) -> Result<Duration> {
+    let dir = format!("/proc/{pid}/task");
+    let mut ns = 0u64;
+    for t in std::fs::read_dir(&dir).with_context(|| format!("cannot list {dir}"))? {
+        let path = t
+            .with_context(|| format!("cannot list {dir}"))?
+            .path()
+            .join("schedstat");
+        // A thread that ended since the listing took its time with it: the process keeps it
+        // nowhere this can read, which undercounts by at most that thread's share.
+        let Ok(stat) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        ns += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .with_context(|| format!("malformed {}: {stat:?}", path.display()))?;
+    }
+    Ok(Duration::from_nanos(ns))
 }
