@@ -15,7 +15,8 @@ fn first_line(cmd: &mut Command) -> Option<String> {
         .map(|l| l.trim().to_string())
 }
 
-/// CPU model, CPU count, kernel, commit, UTC date.
+/// CPU model, CPU count, kernel, commit, UTC date, and the load average when the run ended
+/// (other work on the machine widens every spread; a loaded run is not one to quote).
 pub fn describe() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -40,8 +41,20 @@ pub fn describe() -> String {
     let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some();
     let date =
         first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])).unwrap_or_default();
+    // "1-min 5-min 15-min running/total last-pid"
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some(format!(
+                ", load average {} (1 min) / {} (15 min) at the end",
+                f.first()?,
+                f.get(2)?
+            ))
+        })
+        .unwrap_or_default();
     format!(
-        "{cpu}, {cpus} CPUs, Linux {kernel}, commit {commit}{}, {date}",
+        "{cpu}, {cpus} CPUs, Linux {kernel}, commit {commit}{}, {date}{load}",
         if dirty { " + uncommitted changes" } else { "" }
     )
 }
