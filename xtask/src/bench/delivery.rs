@@ -113,11 +113,15 @@ pub fn run(
     for (k, size) in SIZES.into_iter().enumerate() {
         for &who in &whos {
             let inp = inputs.clone();
+            let ended = sink.finished();
             in_netns(&netns.path(), move || {
                 stock::enter_home(inp.stock.as_ref(), &inp.home)?;
                 let (msg, wire) = &inp.messages[k];
                 deliver(&inp, who, msg, wire).map(|_| ())
             })?;
+            if !sink.wait_finished(ended + 1, Duration::from_secs(10)) {
+                bail!("{who:?}, {size} bytes: the sink did not see the session end");
+            }
             let expected = std::fs::read(&inputs.messages[k].1).context("reading the wire file")?;
             if sink.last_data() != expected {
                 bail!(

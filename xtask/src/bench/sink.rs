@@ -19,6 +19,8 @@ use crate::kit::netns::in_netns;
 struct Shared {
     stop: AtomicBool,
     connections: AtomicUsize,
+    /// Sessions ended (QUIT or hang-up), counted after `last_data` is stored.
+    finished: AtomicUsize,
     last_data: Mutex<Vec<u8>>,
 }
 
@@ -46,6 +48,24 @@ impl Sink {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` sessions have ended (at most `max`); false on timeout. A client may
+    /// exit right after writing QUIT, before this thread has read it and stored the DATA.
+    pub fn wait_finished(&self, n: usize, max: Duration) -> bool {
+        let deadline = std::time::Instant::now() + max;
+        while self.finished() < n {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// Sessions ended so far.
+    pub fn finished(&self) -> usize {
+        self.shared.finished.load(Ordering::SeqCst)
     }
 
     /// The DATA payload of the last finished session, as sent (dot-stuffed, CRLF, with the
@@ -78,6 +98,7 @@ fn serve(l: &TcpListener, s: &Shared) {
                 {
                     *d = data;
                 }
+                s.finished.fetch_add(1, Ordering::SeqCst);
             }
             Err(_) => {
                 let mut p = libc::pollfd {
