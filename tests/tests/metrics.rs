@@ -354,12 +354,18 @@ fn metrics_file_counts_refusals_entries_and_attachments_and_moves_after_a_sync()
         "counters survive a sync"
     );
 
-    // Only the .prom file is in the directory (no temporary file left beside it).
-    let names: Vec<String> = fs::read_dir(&dir.0)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(names, ["qmail_guard.prom"]);
+    // Only the .prom file is in the directory (no temporary file left beside it). The
+    // periodic writer may be between create and rename at any instant (it fsyncs), so a
+    // temporary file must go away, not be absent at one arbitrary moment.
+    let names = || -> Vec<String> {
+        fs::read_dir(&dir.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    eventually("only qmail_guard.prom in the metrics directory", || {
+        names() == ["qmail_guard.prom"]
+    });
     d.assert_running("after the metrics checks");
     assert!(
         !d.lines().iter().any(|l| l.contains("metrics")),
