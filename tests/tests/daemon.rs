@@ -381,11 +381,11 @@ fn systemd_units_pass_systemd_analyze_verify() {
         (&service, "Restart=always"),
         (
             &service,
-            "ExecStart=/usr/local/bin/qmail-guard run --unit qmail.service",
+            "ExecStart=/usr/sbin/qmail-guard run --unit qmail.service",
         ),
         (
             &dropin,
-            "ExecStartPre=+/usr/local/bin/qmail-guard attach --unit %n",
+            "ExecStartPre=+/usr/sbin/qmail-guard attach --unit %n",
         ),
         (&dropin, "Wants=qmail-guard.service"),
         (&dropin, "After=qmail-guard.service"),
@@ -398,7 +398,7 @@ fn systemd_units_pass_systemd_analyze_verify() {
     let dir = std::env::temp_dir().join(guard_tests::unique::unique_name());
     fs::create_dir_all(dir.join("qmail.service.d")).unwrap();
     let cleanup = Cleanup(dir.clone());
-    let fix = |s: &str| s.replace("/usr/local/bin/qmail-guard", bin);
+    let fix = |s: &str| s.replace("/usr/sbin/qmail-guard", bin);
     fs::write(dir.join("qmail-guard.service"), fix(&service)).unwrap();
     fs::write(dir.join("qmail.service.d/qmail-guard.conf"), fix(&dropin)).unwrap();
     fs::write(
@@ -422,7 +422,7 @@ fn systemd_units_pass_systemd_analyze_verify() {
     // The drop-in really is read: with a missing binary in it, verify fails.
     fs::write(
         dir.join("qmail.service.d/qmail-guard.conf"),
-        dropin.replace("/usr/local/bin/qmail-guard", "/nonexistent/qmail-guard"),
+        dropin.replace("/usr/sbin/qmail-guard", "/nonexistent/qmail-guard"),
     )
     .unwrap();
     let out = verify();

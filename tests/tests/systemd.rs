@@ -38,6 +38,11 @@ const MORE: &str = "192.0.2.25";
 /// Added to control/moreipme by some tests.
 const MORE2: &str = "192.0.2.26";
 const MOREIPME: &str = "/var/qmail/control/moreipme";
+/// Where the package test's .deb is bind-mounted.
+const DEB_INSIDE: &str = "/root/qmail-guard.deb";
+/// The package's (inactive) drop-in, and where the administrator links it.
+const DROPIN_SHIPPED: &str = "/usr/share/qmail-guard/qmail-guard.conf";
+const DROPIN_LINK: &str = "/etc/systemd/system/qmail.service.d/qmail-guard.conf";
 /// How long systemd may take for a start, a restart or a daemon's automatic restart.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -70,6 +75,16 @@ fn exec_program(unit: &str, key: &str) -> String {
         .to_string()
 }
 
+/// How the shipped units get into the container.
+#[derive(Clone, Copy)]
+enum Install<'a> {
+    /// dist/systemd/ files written where the package puts them, the drop-in enabled, the
+    /// binary from the build bind-mounted where the units run it.
+    Dist,
+    /// The .deb installed with dpkg; nothing enabled.
+    Package(&'a Path),
+}
+
 /// A container with the shipped units installed, the listener running and qmail not started.
 struct QmailHost {
     m: Machine,
@@ -77,32 +92,49 @@ struct QmailHost {
 
 impl QmailHost {
     fn boot() -> QmailHost {
+        Self::boot_with(Install::Dist)
+    }
+
+    fn boot_with(install: Install<'_>) -> QmailHost {
+        let host_probe = bins::probe_path();
+        let mut binds = vec![Bind {
+            host: &host_probe,
+            inside: PROBE,
+        }];
         let service = dist("qmail-guard.service");
         let dropin = dist("qmail.service.d/qmail-guard.conf");
         let guard_bin = exec_program(&service, "ExecStart");
-        assert_eq!(
-            exec_program(&dropin, "ExecStartPre"),
-            guard_bin,
-            "the drop-in and the service must run the same qmail-guard"
-        );
-        let host_guard = bins::bin_path("qmail-guard");
-        let host_probe = bins::probe_path();
-        let m = Machine::boot(&[
-            Bind {
-                host: &host_guard,
-                inside: &guard_bin,
-            },
-            Bind {
-                host: &host_probe,
-                inside: PROBE,
-            },
-        ]);
-        // Where a package puts it (so that `systemctl mask` can override it from /etc).
-        m.write("/usr/lib/systemd/system/qmail-guard.service", &service);
-        m.write(
-            "/etc/systemd/system/qmail.service.d/qmail-guard.conf",
-            &dropin,
-        );
+        let host_guard;
+        match install {
+            Install::Dist => {
+                assert_eq!(
+                    exec_program(&dropin, "ExecStartPre"),
+                    guard_bin,
+                    "the drop-in and the service must run the same qmail-guard"
+                );
+                host_guard = bins::bin_path("qmail-guard");
+                binds.push(Bind {
+                    host: &host_guard,
+                    inside: &guard_bin,
+                });
+            }
+            Install::Package(deb) => binds.push(Bind {
+                host: deb,
+                inside: DEB_INSIDE,
+            }),
+        }
+        let m = Machine::boot(&binds);
+        match install {
+            Install::Dist => {
+                // Where the package puts them (so that `systemctl mask` can override the
+                // service from /etc), the drop-in enabled.
+                m.write("/usr/lib/systemd/system/qmail-guard.service", &service);
+                m.write(DROPIN_LINK, &dropin);
+            }
+            Install::Package(_) => {
+                m.exec_ok(&["dpkg", "-i", DEB_INSIDE]);
+            }
+        }
         let connects: Vec<String> = FIRST_CONNECTS
             .iter()
             .map(|(a, p, _)| format!("{a} {p}"))
@@ -131,6 +163,27 @@ impl QmailHost {
             h.connect_outside("127.0.0.1", 25) == Allowed
         });
         h
+    }
+
+    /// Runs `f` while connecting from qmail's cgroup to 127.0.0.1:25 over and over; returns
+    /// every result.
+    fn probe_during(&self, f: impl FnOnce()) -> Vec<ProbeResult> {
+        let done = AtomicBool::new(false);
+        thread::scope(|s| {
+            let prober = s.spawn(|| {
+                let mut v = Vec::new();
+                // At least one connect, also if `f` is over before the thread runs.
+                loop {
+                    v.push(self.connect_in_qmail("127.0.0.1", 25));
+                    if done.load(Ordering::Relaxed) {
+                        return v;
+                    }
+                }
+            });
+            f();
+            done.store(true, Ordering::Relaxed);
+            prober.join().expect("prober thread")
+        })
     }
 
     /// Polls `f` until it holds, failing with the journal after [`TIMEOUT`].
@@ -426,22 +479,11 @@ fn stopping_or_restarting_the_daemon_leaves_qmail_running_and_guarded() {
     let qmail_pid = h.main_pid(QMAIL);
 
     // Connects from qmail throughout `systemctl restart qmail-guard`.
-    let done = AtomicBool::new(false);
-    let mut results = Vec::new();
-    thread::scope(|s| {
-        let prober = s.spawn(|| {
-            let mut v = Vec::new();
-            while !done.load(Ordering::Relaxed) {
-                v.push(h.connect_in_qmail("127.0.0.1", 25));
-            }
-            v
-        });
-        let old = h.main_pid(GUARD);
+    let old = h.main_pid(GUARD);
+    let results = h.probe_during(|| {
         h.m.systemctl_ok(&["restart", GUARD]);
-        assert_ne!(h.main_pid(GUARD), old, "a new daemon runs");
-        done.store(true, Ordering::Relaxed);
-        results = prober.join().expect("prober thread");
     });
+    assert_ne!(h.main_pid(GUARD), old, "a new daemon runs");
     assert!(!results.is_empty());
     assert!(
         results.iter().all(|r| *r == REFUSED),
@@ -465,4 +507,177 @@ fn stopping_or_restarting_the_daemon_leaves_qmail_running_and_guarded() {
     // Nobody unpins the dead cgroup's links without the daemon; the live cgroup has one of each.
     let cg = h.qmail_cgroup();
     assert_eq!(bpftool::connect_hook_counts(&cg), (1, 1));
+}
+
+/// The .deb under test: `$QMAIL_GUARD_DEB` (set by `cargo xtask test`, which builds it), else
+/// the one `cargo xtask deb` left in target/debian/.
+fn deb_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("QMAIL_GUARD_DEB") {
+        return PathBuf::from(p);
+    }
+    let dir = bins::profile_dir().join("../debian");
+    let debs: Vec<PathBuf> = fs::read_dir(&dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("qmail-guard_"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    match debs.as_slice() {
+        [one] => one.clone(),
+        _ => panic!(
+            "no single qmail-guard_*.deb in {} ({debs:?}): build it with `cargo xtask deb` (`cargo xtask test` does) or set QMAIL_GUARD_DEB",
+            dir.display()
+        ),
+    }
+}
+
+/// Files (not directories) a package installed, from `dpkg -L`.
+fn package_files(h: &QmailHost) -> Vec<String> {
+    h.m.exec_ok(&["dpkg", "-L", "qmail-guard"])
+        .lines()
+        .filter(|l| l.starts_with('/'))
+        .filter(|l| !h.m.path(l).is_dir())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The package: installs its files and man pages, enables nothing, its drop-in works once
+/// linked as documented, an upgrade keeps qmail running and guarded, removal is refused while
+/// qmail runs its qmail-remote, and purge leaves no file, pin or attachment behind.
+#[test]
+fn debian_package_installs_upgrades_and_purges_cleanly() {
+    let deb = deb_path();
+    let h = QmailHost::boot_with(Install::Package(&deb));
+    let files = package_files(&h);
+    for want in [
+        "/usr/sbin/qmail-guard",
+        "/usr/sbin/ipmeprint",
+        "/usr/lib/qmail-guard/qmail-remote",
+        "/usr/lib/systemd/system/qmail-guard.service",
+        DROPIN_SHIPPED,
+        "/usr/share/doc/qmail-guard/copyright",
+        "/usr/share/bash-completion/completions/qmail-guard",
+    ] {
+        assert!(files.iter().any(|f| f == want), "{want} not in {files:?}");
+    }
+    for page in ["qmail-guard", "ipmeprint", "qmail-remote"] {
+        let path = h.m.exec_ok(&["man", "-w", page]);
+        assert_eq!(path.trim(), format!("/usr/share/man/man8/{page}.8.gz"));
+    }
+    let help = h.m.exec_ok(&["/usr/sbin/qmail-guard", "--help"]);
+    assert!(help.contains("attach"), "{help}");
+    // qmail-remote is static: it runs however qmail's libraries look.
+    let file = h.m.exec(&["ldd", "/usr/lib/qmail-guard/qmail-remote"]);
+    assert!(
+        !file.status.success() || String::from_utf8_lossy(&file.stdout).contains("statically"),
+        "qmail-remote is dynamically linked: {}",
+        String::from_utf8_lossy(&file.stdout)
+    );
+
+    // The package itself enabled and started nothing; the drop-in is inactive.
+    let enabled = h.m.systemctl(&["is-enabled", GUARD]);
+    assert_eq!(String::from_utf8_lossy(&enabled.stdout).trim(), "disabled");
+    assert_eq!(h.active_state(GUARD), "inactive");
+    assert_eq!(
+        h.m.property(QMAIL, "DropInPaths"),
+        "",
+        "drop-in active on install"
+    );
+
+    // Enabled as qmail-guard(8) says, qmail is guarded from its first connect.
+    h.m.exec_ok(&["mkdir", "-p", "/etc/systemd/system/qmail.service.d"]);
+    h.m.exec_ok(&["ln", "-s", DROPIN_SHIPPED, DROPIN_LINK]);
+    h.m.systemctl_ok(&["daemon-reload"]);
+    h.m.systemctl_ok(&["enable", "--now", GUARD]);
+    h.start_qmail("start")
+        .assert_guarded_from_the_start("package, drop-in enabled");
+    h.assert_guarded("package, drop-in enabled");
+    h.assert_one_attachment();
+
+    // Upgrade (the same package again: prerm upgrade, postinst configure with the old version):
+    // the daemon is restarted, qmail is not, and the guard holds throughout.
+    let qmail_pid = h.main_pid(QMAIL);
+    let daemon_pid = h.main_pid(GUARD);
+    let results = h.probe_during(|| {
+        h.m.exec_ok(&["dpkg", "-i", DEB_INSIDE]);
+    });
+    assert!(
+        !results.is_empty() && results.iter().all(|r| *r == REFUSED),
+        "during the upgrade: {results:?}"
+    );
+    assert_eq!(h.main_pid(QMAIL), qmail_pid, "qmail was not restarted");
+    assert_ne!(h.main_pid(GUARD), daemon_pid, "the daemon was restarted");
+    h.assert_guarded("after the upgrade");
+
+    // Removal is refused while qmail would run the package's qmail-remote.
+    h.m.exec_ok(&["mkdir", "-p", "/var/qmail/bin"]);
+    h.m.exec_ok(&[
+        "ln",
+        "-s",
+        "/usr/lib/qmail-guard/qmail-remote",
+        "/var/qmail/bin/qmail-remote",
+    ]);
+    let out = h.m.exec(&["dpkg", "--purge", "qmail-guard"]);
+    assert!(
+        !out.status.success(),
+        "purge went ahead while qmail used our qmail-remote"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("switch qmail back first"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(h.m.path("/usr/sbin/qmail-guard").exists());
+    h.m.exec_ok(&["rm", "/var/qmail/bin/qmail-remote"]);
+
+    h.m.exec_ok(&["dpkg", "--purge", "qmail-guard"]);
+    let left: Vec<&String> = files.iter().filter(|f| h.m.path(f).exists()).collect();
+    assert!(left.is_empty(), "left behind by purge: {left:?}");
+    assert!(
+        fs::symlink_metadata(h.m.path(DROPIN_LINK)).is_err(),
+        "the drop-in link was not removed"
+    );
+    assert!(
+        !h.m.bpf_dir().join("qmail-guard").exists(),
+        "pins left behind: {}",
+        h.m.bpf_dir().display()
+    );
+    assert!(
+        !h.m.path("/run/qmail-guard").exists(),
+        "daemon state left behind"
+    );
+    assert!(
+        fs::symlink_metadata(h.m.path(&format!(
+            "/etc/systemd/system/multi-user.target.wants/{GUARD}"
+        )))
+        .is_err(),
+        "the service is still enabled"
+    );
+    assert_eq!(
+        bpftool::connect_hook_counts(&h.qmail_cgroup()),
+        (0, 0),
+        "attachments left behind"
+    );
+    assert_eq!(h.active_state(QMAIL), "active", "qmail keeps running");
+    // Without the drop-in qmail starts again, unguarded: the loopback listener answers.
+    let report = h.start_qmail("restart");
+    assert_eq!(
+        report.connects,
+        vec![
+            (MORE.to_string(), 25, UNREACHABLE),
+            ("127.0.0.1".to_string(), 25, Allowed),
+            (
+                "::1".to_string(),
+                25,
+                ProbeResult::Errno(libc::ECONNREFUSED)
+            ),
+            ("127.0.0.1".to_string(), 2525, Allowed),
+        ],
+        "after purge qmail runs unguarded"
+    );
 }

@@ -1,9 +1,11 @@
-//! Build, setup and test driver: `cargo xtask setup|test|bench|demo`.
+//! Build, setup and test driver: `cargo xtask setup|test|bench|demo|deb`.
 mod apt;
 mod bench;
 mod bpf_linker;
 mod bpffs;
+mod cargo_deb;
 mod cmd;
+mod deb;
 mod demo;
 mod exim;
 mod kit;
@@ -42,6 +44,8 @@ enum Command {
     Bench(bench::Options),
     /// Show the NAT loop and the guard stopping it, step by step, in network namespaces.
     Demo(demo::Options),
+    /// Build the Debian package target/debian/qmail-guard_<version>_<arch>.deb.
+    Deb(deb::Options),
     /// Inside a test VM only: PID 1 that runs the tests of a plan (see `test --kernel`).
     #[command(hide = true)]
     VmGuest { plan: std::path::PathBuf },
@@ -53,6 +57,7 @@ fn main() -> std::process::ExitCode {
         Command::Test(o) => test::run(&o),
         Command::Bench(o) => bench::run(&o),
         Command::Demo(o) => demo::run(&o),
+        Command::Deb(o) => deb::run(&o),
         Command::VmGuest { plan } => vm::guest::run(&plan),
     };
     match result {

@@ -1,10 +1,10 @@
-//! `cargo xtask setup`: toolchains, bpf-linker, apt packages, the private Exim and
+//! `cargo xtask setup`: toolchains, bpf-linker, cargo-deb, apt packages, the private Exim and
 //! node_exporter, bpffs, the systemd tests' container image. Idempotent; each step checks first
 //! and prints one `ok:` line when there is nothing to do.
 
 use std::time::Instant;
 
-use crate::{apt, bpf_linker, bpffs, exim, machine_image, node_exporter, toolchain};
+use crate::{apt, bpf_linker, bpffs, cargo_deb, exim, machine_image, node_exporter, toolchain};
 
 #[derive(Debug, Default, clap::Args)]
 pub struct Options {}
@@ -15,6 +15,7 @@ pub fn run(_o: &Options) -> anyhow::Result<()> {
     let ebpf = toolchain::ebpf()?;
     toolchain::ensure(&ebpf)?;
     bpf_linker::ensure(&ebpf.name)?;
+    cargo_deb::ensure()?;
     apt::ensure()?;
     exim::ensure()?;
     node_exporter::ensure()?;

@@ -9,13 +9,15 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{bpf_linker, cmd, root, setup, vm, workspace};
+use crate::{bpf_linker, cmd, deb, root, setup, vm, workspace};
 
 /// Only builds for bpfel-unknown-none (guard-loader's build.rs does that); on the host its
 /// `#![no_main]` binary cannot link, so build and test skip it (clippy still checks it).
 const BPF_ONLY_CRATE: &str = "guard-ebpf";
 /// The variable tests/src/bins.rs reads to find the binaries under test.
 const BIN_DIR_ENV: &str = "QMAIL_GUARD_BIN_DIR";
+/// The variable the package test reads to find the .deb under test.
+const DEB_ENV: &str = "QMAIL_GUARD_DEB";
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -82,8 +84,13 @@ pub fn run(o: &Options) -> Result<()> {
         BPF_ONLY_CRATE,
         "--bins",
     ]))?;
+    // The package test installs, upgrades and purges the real .deb in a container.
+    println!("==> cargo xtask deb");
+    let deb = deb::build()?;
     let mut test = cargo(&["test", "--workspace", "--exclude", BPF_ONLY_CRATE]);
-    test.args(&o.cargo_test_args).env(BIN_DIR_ENV, &bin_dir);
+    test.args(&o.cargo_test_args)
+        .env(BIN_DIR_ENV, &bin_dir)
+        .env(DEB_ENV, &deb);
     if let Err(e) = step(&mut test) {
         failed.push(e);
     }

@@ -3,4 +3,6 @@
 //! and `ipmeprint`; `learn` takes the addresses qmail-remote found to be this host into the set.
 pub mod args;
 pub mod daemon;
+pub mod docs;
+pub mod ipmeprint_args;
 pub mod learn;

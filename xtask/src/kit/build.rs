@@ -92,7 +92,7 @@ pub fn build_static_remote() -> Result<PathBuf> {
 }
 
 /// `$PATH` with `dir` first, so the build finds the bpf-linker that setup installed.
-fn path_with(dir: &Path) -> Result<std::ffi::OsString> {
+pub fn path_with(dir: &Path) -> Result<std::ffi::OsString> {
     let old = std::env::var_os("PATH").unwrap_or_default();
     let mut dirs: Vec<PathBuf> = std::env::split_paths(&old).filter(|d| d != dir).collect();
     dirs.insert(0, dir.to_path_buf());

@@ -5,28 +5,14 @@
 //! error, 100 on a bad control line, as qmail programs do.
 
 use std::io::{self, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::Parser as _;
 use ipme::{Entry, IpNet, IpmeSet};
+use qmail_guard::ipmeprint_args::Args;
 
 const EXIT_PERMANENT: u8 = 100;
 const EXIT_TEMPORARY: u8 = 111;
-
-/// Print the addresses qmail treats as this host ("ipme"): interface addresses, local routes,
-/// built-ins (0.0.0.0/8, 127.0.0.0/8, ::, ::1), control/moreipme, the addresses qmail-guard
-/// learned (loopcheck/learned), and the control/notipme exceptions. The longest matching prefix decides; on the same prefix notipme wins.
-#[derive(Parser)]
-#[command(name = "ipmeprint", version)]
-struct Args {
-    /// qmail home directory [default: $QMAILHOME, else the build-time default, /var/qmail]
-    #[arg(long, value_name = "DIR")]
-    qmail_home: Option<PathBuf>,
-    /// Append each entry's source (interface, local route, control file line, builtin, learned)
-    #[arg(short, long)]
-    verbose: bool,
-}
 
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
