@@ -536,6 +536,61 @@ fn deb_path() -> PathBuf {
     }
 }
 
+/// A second version of the package under test, for the upgrade: the same files with the
+/// version `<version>+upgrade` (repacked with dpkg-deb into a directory of its own, removed on
+/// drop, even when the test fails).
+struct NextVersion {
+    dir: PathBuf,
+    deb: PathBuf,
+    version: String,
+}
+
+impl NextVersion {
+    fn of(deb: &Path) -> NextVersion {
+        let dir = std::env::temp_dir().join(format!("qgt-deb-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let tree = dir.join("tree");
+        let mut next = NextVersion {
+            deb: dir.join("qmail-guard-next.deb"),
+            dir,
+            version: String::new(),
+        };
+        fs::create_dir_all(&next.dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", next.dir.display()));
+        cmd::run_ok(Command::new("dpkg-deb").arg("-R").arg(deb).arg(&tree));
+        let control_path = tree.join("DEBIAN/control");
+        let control = fs::read_to_string(&control_path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", control_path.display()));
+        let old = control
+            .lines()
+            .find_map(|l| l.strip_prefix("Version: "))
+            .unwrap_or_else(|| panic!("no Version in {control}"))
+            .to_string();
+        next.version = format!("{old}+upgrade");
+        fs::write(
+            &control_path,
+            control.replace(
+                &format!("Version: {old}\n"),
+                &format!("Version: {}\n", next.version),
+            ),
+        )
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", control_path.display()));
+        cmd::run_ok(
+            Command::new("dpkg-deb")
+                .args(["--root-owner-group", "-Zgzip", "-b"])
+                .arg(&tree)
+                .arg(&next.deb),
+        );
+        next
+    }
+}
+
+impl Drop for NextVersion {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Files (not directories) a package installed, from `dpkg -L`.
 fn package_files(h: &QmailHost) -> Vec<String> {
     h.m.exec_ok(&["dpkg", "-L", "qmail-guard"])
@@ -569,8 +624,37 @@ fn debian_package_installs_upgrades_and_purges_cleanly() {
         let path = h.m.exec_ok(&["man", "-w", page]);
         assert_eq!(path.trim(), format!("/usr/share/man/man8/{page}.8.gz"));
     }
-    let help = h.m.exec_ok(&["/usr/sbin/qmail-guard", "--help"]);
-    assert!(help.contains("attach"), "{help}");
+    // The page renders, with options of the current command line and the hand-written parts.
+    let page = h.m.exec_ok(&["man", "-P", "cat", "qmail-guard"]);
+    for want in [
+        "qmail-guard attach",
+        "qmail-guard forget",
+        "--log-rate",
+        "--allow-root-cgroup",
+        "--metrics-file",
+        "--json",
+        "ELOOP",
+        "(#5.4.6)",
+        "EXIT STATUS",
+        "UPGRADE AND REMOVAL",
+    ] {
+        assert!(page.contains(want), "man qmail-guard lacks {want}:\n{page}");
+    }
+    // bash completion loads, registers for qmail-guard and completes the commands.
+    let words = h.m.exec_ok(&[
+        "bash",
+        "-c",
+        ". /usr/share/bash-completion/completions/qmail-guard; \
+         f=$(complete -p qmail-guard | sed -n 's/.* -F \\([^ ]*\\) .*/\\1/p'); \
+         COMP_WORDS=(qmail-guard s); COMP_CWORD=1; COMP_LINE='qmail-guard s'; COMP_POINT=13; \
+         \"$f\" qmail-guard s qmail-guard; printf '%s\\n' \"${COMPREPLY[@]}\"",
+    ]);
+    for want in ["status", "sync"] {
+        assert!(
+            words.lines().any(|w| w.trim() == want),
+            "completion of `qmail-guard s` lacks {want}: {words:?}"
+        );
+    }
     // qmail-remote is static: it runs however qmail's libraries look.
     let file = h.m.exec(&["ldd", "/usr/lib/qmail-guard/qmail-remote"]);
     assert!(
@@ -599,13 +683,27 @@ fn debian_package_installs_upgrades_and_purges_cleanly() {
     h.assert_guarded("package, drop-in enabled");
     h.assert_one_attachment();
 
-    // Upgrade (the same package again: prerm upgrade, postinst configure with the old version):
-    // the daemon is restarted, qmail is not, and the guard holds throughout.
+    // Upgrade to a second version (old prerm upgrade, new postinst configure with the old
+    // version): the daemon is restarted, qmail is not, and the guard holds throughout.
+    let next = NextVersion::of(&deb);
+    let next_inside = "/root/qmail-guard-next.deb";
+    fs::copy(&next.deb, h.m.path(next_inside))
+        .unwrap_or_else(|e| panic!("cannot copy {} into the machine: {e}", next.deb.display()));
     let qmail_pid = h.main_pid(QMAIL);
     let daemon_pid = h.main_pid(GUARD);
     let results = h.probe_during(|| {
-        h.m.exec_ok(&["dpkg", "-i", DEB_INSIDE]);
+        h.m.exec_ok(&["dpkg", "-i", next_inside]);
     });
+    assert_eq!(
+        h.m.exec_ok(&[
+            "dpkg-query",
+            "-W",
+            "-f",
+            "${Version} ${Status}",
+            "qmail-guard"
+        ]),
+        format!("{} install ok installed", next.version)
+    );
     assert!(
         !results.is_empty() && results.iter().all(|r| *r == REFUSED),
         "during the upgrade: {results:?}"

@@ -164,7 +164,15 @@ mod tests {
                 }
             }
         }
-        for heading in ["SYSTEMD", "FILES", "EXIT STATUS", "SEE ALSO", "VERSION"] {
+        for heading in [
+            "THE REFUSAL",
+            "SYSTEMD",
+            "UPGRADE AND REMOVAL",
+            "FILES",
+            "EXIT STATUS",
+            "SEE ALSO",
+            "VERSION",
+        ] {
             assert!(text.contains(&format!(".SH {heading}")), "no {heading}");
         }
         assert!(!text.contains(".SH SYNOPSIS\n.SH"), "empty synopsis");

@@ -9,7 +9,11 @@ use clap::Parser;
 /// learned (loopcheck/learned), and the control/notipme exceptions. The longest matching prefix
 /// decides; on the same prefix notipme wins.
 #[derive(Debug, Parser)]
-#[command(name = "ipmeprint", version)]
+#[command(
+    name = "ipmeprint",
+    version,
+    about = "Print the addresses qmail treats as this host (\"ipme\"), with their sources"
+)]
 pub struct Args {
     /// qmail home directory [default: $QMAILHOME, else the build-time default, /var/qmail]
     #[arg(long, value_name = "DIR")]
