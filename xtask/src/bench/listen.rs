@@ -154,6 +154,10 @@ mod tests {
             .unwrap();
             l.drained(made).unwrap();
         }
-        watch.check("the test batches").unwrap();
+        let grew = watch.grown().unwrap();
+        assert!(
+            grew.is_empty(),
+            "connections stalled in the test batches: {grew:?}"
+        );
     }
 }
