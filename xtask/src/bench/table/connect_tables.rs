@@ -37,7 +37,10 @@ pub(super) fn render(s: &mut String, a: &All, targets: &mut Vec<Target>) {
         if r.redone.is_empty() {
             "none was in this run".to_string()
         } else {
-            format!("{} in this run: {}", r.redone.len(), r.redone.join("; "))
+            format!(
+                "{} in this run; the run's output names the counters",
+                r.redone.len()
+            )
         }
     );
     let bare = r.policies.iter().position(|p| *p == Policy::Bare);
