@@ -27,6 +27,10 @@ pub const MAP_STATS: &str = "STATS";
 /// Program names (the Rust function names in guard-ebpf).
 pub const PROG_CONNECT4: &str = "connect4";
 pub const PROG_CONNECT6: &str = "connect6";
+/// The same programs refusing with EPERM, for kernels (< 5.18) whose cgroup sock_addr programs
+/// cannot call `bpf_set_retval`.
+pub const PROG_CONNECT4_EPERM: &str = "connect4_eperm";
+pub const PROG_CONNECT6_EPERM: &str = "connect6_eperm";
 
 /// Capacity of each ipme trie. LPM tries are never preallocated, so an unused capacity costs
 /// nothing; it is large enough for the 1M-entry benchmark.

@@ -3,6 +3,13 @@
 //! A connect from the guarded cgroup to a guarded port at an address whose longest-prefix match
 //! in the ipme trie is a "me" tag is refused with ELOOP (set with `bpf_set_retval`), so user space
 //! can tell the guard from a firewall's EPERM. Everything else is allowed and costs no log.
+//!
+//! Kernels before 5.18 do not let cgroup sock_addr programs call `bpf_set_retval`; for them the
+//! object also carries `connect4_eperm`/`connect6_eperm`, the same programs refusing with the
+//! kernel's default EPERM. The loader picks the variant the kernel accepts. The EPERM programs
+//! count refusals but do not log them: a second copy of the logging code makes LLVM outline
+//! aya-log's record writer into a BPF function returning a stack pointer, which the verifier
+//! rejects.
 #![no_std]
 #![no_main]
 
@@ -30,8 +37,32 @@ static PORTS: HashMap<u16, PortValue, MAX_PORTS> = HashMap::new();
 #[btf_map]
 static STATS: PerCpuArray<Stats, 1> = PerCpuArray::new();
 
+/// How a program refuses: with ELOOP, or (no `bpf_set_retval`) with the kernel's EPERM.
+const WITH_ELOOP: bool = true;
+const WITH_EPERM: bool = false;
+
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
+    guard_connect4::<WITH_ELOOP>(&ctx)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    guard_connect6::<WITH_ELOOP>(&ctx)
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4_eperm(ctx: SockAddrContext) -> i32 {
+    guard_connect4::<WITH_EPERM>(&ctx)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6_eperm(ctx: SockAddrContext) -> i32 {
+    guard_connect6::<WITH_EPERM>(&ctx)
+}
+
+#[inline(always)]
+fn guard_connect4<const SET_RETVAL: bool>(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the kernel passes a valid bpf_sock_addr for the program's lifetime.
     let sa: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
     let port = dest_port(sa);
@@ -39,11 +70,11 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
         return ALLOW;
     }
     variant_marker();
-    check_v4(&ctx, sa.user_ip4, port)
+    check_v4::<SET_RETVAL>(ctx, sa.user_ip4, port)
 }
 
-#[cgroup_sock_addr(connect6)]
-pub fn connect6(ctx: SockAddrContext) -> i32 {
+#[inline(always)]
+fn guard_connect6<const SET_RETVAL: bool>(ctx: &SockAddrContext) -> i32 {
     // SAFETY: as above.
     let sa: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
     let port = dest_port(sa);
@@ -59,7 +90,7 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
     ];
     // ::ffff:a.b.c.d reaches an IPv4 destination: decide with the IPv4 trie.
     if w[0] == 0 && w[1] == 0 && w[2] == u32::to_be(0xffff) {
-        return check_v4(&ctx, w[3], port);
+        return check_v4::<SET_RETVAL>(ctx, w[3], port);
     }
     let mut addr = [0u8; 16];
     addr[0..4].copy_from_slice(&w[0].to_ne_bytes());
@@ -70,42 +101,46 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
         Some(v) if v.is_me() => {
             let t = v.tag;
             count(|s| s.refused_v6 += 1);
-            let (pid, comm) = who();
-            let comm = comm_str(&comm);
-            info!(
-                &ctx,
-                "refused pid={} comm={} dst=[{:i}]:{} source={}",
-                pid,
-                comm,
-                addr,
-                port,
-                tag::name(t)
-            );
-            refuse()
+            if SET_RETVAL {
+                let (pid, comm) = who();
+                let comm = comm_str(&comm);
+                info!(
+                    ctx,
+                    "refused pid={} comm={} dst=[{:i}]:{} source={}",
+                    pid,
+                    comm,
+                    addr,
+                    port,
+                    tag::name(t)
+                );
+            }
+            refuse::<SET_RETVAL>()
         }
         _ => ALLOW,
     }
 }
 
 /// `user_ip4` holds the address in network byte order, so its in-memory bytes are the octets.
-fn check_v4(ctx: &SockAddrContext, ip4_be: u32, port: u16) -> i32 {
+fn check_v4<const SET_RETVAL: bool>(ctx: &SockAddrContext, ip4_be: u32, port: u16) -> i32 {
     let addr = ip4_be.to_ne_bytes();
     match ipme::lookup_v4(addr) {
         Some(v) if v.is_me() => {
             let t = v.tag;
             count(|s| s.refused_v4 += 1);
-            let (pid, comm) = who();
-            let comm = comm_str(&comm);
-            info!(
-                ctx,
-                "refused pid={} comm={} dst={:i}:{} source={}",
-                pid,
-                comm,
-                u32::from_be(ip4_be),
-                port,
-                tag::name(t)
-            );
-            refuse()
+            if SET_RETVAL {
+                let (pid, comm) = who();
+                let comm = comm_str(&comm);
+                info!(
+                    ctx,
+                    "refused pid={} comm={} dst={:i}:{} source={}",
+                    pid,
+                    comm,
+                    u32::from_be(ip4_be),
+                    port,
+                    tag::name(t)
+                );
+            }
+            refuse::<SET_RETVAL>()
         }
         _ => ALLOW,
     }
@@ -158,9 +193,13 @@ fn comm_str(comm: &[u8; 16]) -> &str {
 }
 
 #[inline(always)]
-fn refuse() -> i32 {
-    // SAFETY: helper call allowed for cgroup sock_addr programs; sets the syscall's errno.
-    unsafe { bpf_set_retval(-ELOOP) };
+fn refuse<const SET_RETVAL: bool>() -> i32 {
+    if SET_RETVAL {
+        // SAFETY: helper call allowed for cgroup sock_addr programs from 5.18; sets the
+        // syscall's errno. The EPERM variant never reaches it, so its verification on older
+        // kernels never sees the unknown helper.
+        unsafe { bpf_set_retval(-ELOOP) };
+    }
     REFUSE
 }
 

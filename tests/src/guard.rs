@@ -2,6 +2,7 @@
 //! private bpffs pin directory, so tests never touch /var/qmail or the production pins
 //! (/sys/fs/bpf/qmail-guard) and can run in parallel.
 
+use std::cell::Cell;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -14,6 +15,7 @@ use crate::cmd;
 use crate::netns::Netns;
 use crate::nsenter;
 use crate::preflight;
+use crate::probe::ProbeResult;
 use crate::unique::unique_name;
 
 /// qmail-guard bound to one netns: every command runs inside it, because the loader computes
@@ -24,6 +26,8 @@ pub struct Guard<'a> {
     bin: PathBuf,
     home: PathBuf,
     pin_dir: PathBuf,
+    /// The errno the loaded programs refuse with, as `status` reported it.
+    refusal: Cell<Option<i32>>,
 }
 
 impl<'a> Guard<'a> {
@@ -41,6 +45,7 @@ impl<'a> Guard<'a> {
             bin,
             home,
             pin_dir: bpffs.join(name),
+            refusal: Cell::new(None),
         }
     }
 
@@ -137,6 +142,26 @@ impl<'a> Guard<'a> {
     /// `qmail-guard sync --qmail-home DIR`.
     pub fn sync(&self) -> Output {
         self.run(&["sync", "--qmail-home", self.home_str()])
+    }
+
+    /// What a refused connect returns with the programs this guard loaded: ELOOP, or EPERM
+    /// where the kernel lacks bpf_set_retval for them. Read from `status --json` (so from the
+    /// loader, not assumed) once programs are loaded, then remembered.
+    pub fn refused(&self) -> ProbeResult {
+        if let Some(e) = self.refusal.get() {
+            return ProbeResult::Errno(e);
+        }
+        let status = self.status_json();
+        let errno = status["refusal_errno"]
+            .as_i64()
+            .and_then(|e| i32::try_from(e).ok())
+            .unwrap_or_else(|| panic!("status --json has no refusal_errno: {status}"));
+        assert!(
+            [libc::ELOOP, libc::EPERM].contains(&errno),
+            "status reports refusal errno {errno}, neither ELOOP nor EPERM"
+        );
+        self.refusal.set(Some(errno));
+        ProbeResult::Errno(errno)
     }
 
     /// `qmail-guard status --json`, parsed.

@@ -28,7 +28,9 @@ impl ProbeResult {
         }
     }
 
-    /// The refusal qmail-guard promises: ELOOP.
+    /// The refusal qmail-guard promises where the kernel lets it set the errno (≥ 5.18):
+    /// ELOOP. Tests of a loaded guard compare with `Guard::refused()`, which is EPERM on
+    /// older kernels.
     pub const REFUSED: ProbeResult = ProbeResult::Errno(libc::ELOOP);
 }
 

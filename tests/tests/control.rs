@@ -90,8 +90,8 @@ fn sync_with_a_bad_line_keeps_the_maps_in_force() {
     assert_eq!((dump("IPME_V4"), dump("IPME_V6")), before, "maps changed");
     mh.assert_connects(
         &[
-            (MORE_V4_MEMBER, SMTP, ProbeResult::REFUSED),
-            (MORE_V6_MEMBER, SMTP, ProbeResult::REFUSED),
+            (MORE_V4_MEMBER, SMTP, g.refused()),
+            (MORE_V6_MEMBER, SMTP, g.refused()),
             (OTHER_V4, SMTP, ProbeResult::Ok),
         ],
         "after the failed sync",
@@ -120,7 +120,7 @@ fn sync_applies_control_and_interface_changes_in_place() {
         &[
             (new_if, SMTP, ProbeResult::Ok),
             (OTHER_V6, SMTP, ProbeResult::Ok),
-            (MORE_V4_MEMBER, SMTP, ProbeResult::REFUSED),
+            (MORE_V4_MEMBER, SMTP, g.refused()),
         ],
         "before sync",
     );
@@ -130,10 +130,10 @@ fn sync_applies_control_and_interface_changes_in_place() {
     ensure_success("sync", &g.sync());
     mh.assert_connects(
         &[
-            (new_if, SMTP, ProbeResult::REFUSED),
-            (OTHER_V6, SMTP, ProbeResult::REFUSED),
+            (new_if, SMTP, g.refused()),
+            (OTHER_V6, SMTP, g.refused()),
             (MORE_V4_MEMBER, SMTP, ProbeResult::Ok),
-            (MORE_V6_MEMBER, SMTP, ProbeResult::REFUSED),
+            (MORE_V6_MEMBER, SMTP, g.refused()),
             (NOTIPME_V6, SMTP, ProbeResult::Ok),
         ],
         "after sync",

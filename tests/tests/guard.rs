@@ -1,18 +1,89 @@
-//! Kernel enforcement: which connects the attached guard refuses with ELOOP and which it lets
-//! through. Every test builds its own netns pair + cgroup (`MailHost`) and first shows that
-//! its targets connect without the guard, so each ELOOP is the guard's doing.
+//! Kernel enforcement: which connects the attached guard refuses with ELOOP (EPERM on kernels
+//! without bpf_set_retval for cgroup programs) and which it lets through. Every test builds its
+//! own netns pair + cgroup (`MailHost`) and first shows that its targets connect without the
+//! guard, so each refusal is the guard's doing.
 
 use guard_tests::probe::ProbeResult::{self, Ok as Allowed};
 use guard_tests::scene::{self, *};
 use guard_tests::topology::{HOST_V4, HOST_V6, PEER_V4, PEER_V6};
 use guard_tests::{Guard, MailHost};
 
-const REFUSED: ProbeResult = ProbeResult::REFUSED;
 const SMTP: u16 = 25;
 const UNGUARDED: u16 = 2525;
 
 fn with_port(addrs: &[&'static str], port: u16) -> Vec<(&'static str, u16)> {
     addrs.iter().map(|&a| (a, port)).collect()
+}
+
+/// `uname -r` as (major, minor).
+fn kernel_version() -> (u32, u32) {
+    let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("read osrelease");
+    let mut n = r
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|x| x.parse::<u32>().expect("numeric kernel version"));
+    (n.next().unwrap_or(0), n.next().unwrap_or(0))
+}
+
+#[test]
+fn the_loader_refuses_with_eloop_wherever_the_kernel_allows_it() {
+    // bpf_set_retval became callable from cgroup sock_addr programs in 5.18: from there on the
+    // EPERM fallback would be a silent downgrade (qmail-remote defers instead of bouncing).
+    let mh = scene::mail_host();
+    let g = Guard::new(&mh.host);
+    g.attach(&mh.cgroup);
+    let want = if kernel_version() >= (5, 18) {
+        (libc::ELOOP, "ELOOP")
+    } else {
+        (libc::EPERM, "EPERM")
+    };
+    assert_eq!(
+        g.refused(),
+        ProbeResult::Errno(want.0),
+        "kernel {:?}",
+        kernel_version()
+    );
+    let status = g.status_json();
+    assert_eq!(status["refusal"], want.1, "{status}");
+    // The binary compares the pinned programs with the variant it loads on this kernel: the
+    // same variant, so the same tags.
+    assert_eq!(status["binary_refusal"], want.1, "{status}");
+    assert_eq!(status["program_matches_binary"], true, "{status}");
+    let text = g.run_ok(&["status"]);
+    assert!(
+        text.contains(&format!("refusal:       {}", want.1))
+            && text.contains(&format!("({} variant; this binary's programs)", want.1)),
+        "status does not say how it refuses:\n{text}"
+    );
+    assert_eq!(mh.connect("127.0.0.1", SMTP), ProbeResult::Errno(want.0));
+
+    // A second attach of the same binary finds its own programs of that variant running and
+    // replaces nothing (on 5.10 it must not try to "upgrade" to the ELOOP programs).
+    let prog_ids = |g: &Guard| {
+        let st = g.status_json();
+        let ids: Vec<_> = st["attachments"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no attachments: {st}"))
+            .iter()
+            .map(|a| a["program_id"].as_u64())
+            .collect();
+        (ids, st["program_tags"].clone())
+    };
+    let before = prog_ids(&g);
+    let out = g.attach_ports(mh.cgroup.path(), &[]);
+    guard_tests::guard::ensure_success("attach", &out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("replaced the running programs")
+            && stdout.contains(&format!("refusing with {}", want.1)),
+        "second attach:\n{stdout}"
+    );
+    assert_eq!(
+        prog_ids(&g),
+        before,
+        "a second attach replaced the programs"
+    );
+    assert_eq!(mh.connect("127.0.0.1", SMTP), ProbeResult::Errno(want.0));
 }
 
 #[test]
@@ -22,7 +93,7 @@ fn loopback_and_wildcard_destinations_are_refused() {
     mh.assert_all_connect(&with_port(&ALWAYS_ME, SMTP), "before attach");
 
     g.attach(&mh.cgroup);
-    let expected: Vec<_> = ALWAYS_ME.iter().map(|&a| (a, SMTP, REFUSED)).collect();
+    let expected: Vec<_> = ALWAYS_ME.iter().map(|&a| (a, SMTP, g.refused())).collect();
     mh.assert_connects(&expected, "after attach, built-in destinations on port 25");
 }
 
@@ -39,10 +110,10 @@ fn interface_addresses_of_the_netns_are_refused() {
     g.attach(&mh.cgroup);
     mh.assert_connects(
         &[
-            (HOST_V4, SMTP, REFUSED),
-            (HOST_V6, SMTP, REFUSED),
+            (HOST_V4, SMTP, g.refused()),
+            (HOST_V6, SMTP, g.refused()),
             // connect6 must look v4-mapped destinations up in the v4 trie.
-            (&mapped, SMTP, REFUSED),
+            (&mapped, SMTP, g.refused()),
             // The neighbour on the same link is not me.
             (PEER_V4, SMTP, Allowed),
             (PEER_V6, SMTP, Allowed),
@@ -63,14 +134,14 @@ fn moreipme_entries_are_refused_and_notipme_exceptions_allowed() {
     let mapped_exception = format!("::ffff:{NOTIPME_V4}");
     mh.assert_connects(
         &[
-            (MORE_SINGLE, SMTP, REFUSED),
+            (MORE_SINGLE, SMTP, g.refused()),
             // The last line has no newline; it must not lose its last digit as in 0.6.
             (MORE_SINGLE_TRUNCATED, SMTP, Allowed),
-            (MORE_V4_MEMBER, SMTP, REFUSED),
-            (&mapped_member, SMTP, REFUSED),
+            (MORE_V4_MEMBER, SMTP, g.refused()),
+            (&mapped_member, SMTP, g.refused()),
             (NOTIPME_V4, SMTP, Allowed),
             (&mapped_exception, SMTP, Allowed),
-            (MORE_V6_MEMBER, SMTP, REFUSED),
+            (MORE_V6_MEMBER, SMTP, g.refused()),
             (NOTIPME_V6, SMTP, Allowed),
             (OTHER_V4, SMTP, Allowed),
             (OTHER_V6, SMTP, Allowed),
@@ -95,7 +166,7 @@ fn unguarded_ports_are_allowed() {
         MORE_V4_MEMBER,
         MORE_V6_MEMBER,
     ] {
-        expected.push((addr, SMTP, REFUSED));
+        expected.push((addr, SMTP, g.refused()));
         expected.push((addr, UNGUARDED, Allowed));
     }
     mh.assert_connects(&expected, "after attach, port 25 vs 2525");
@@ -110,8 +181,8 @@ fn port_option_chooses_the_guarded_ports() {
     guard_tests::guard::ensure_success("attach --port 2526", &out);
     mh.assert_connects(
         &[
-            ("127.0.0.1", 2526, REFUSED),
-            (MORE_V6_MEMBER, 2526, REFUSED),
+            ("127.0.0.1", 2526, g.refused()),
+            (MORE_V6_MEMBER, 2526, g.refused()),
             ("127.0.0.1", UNGUARDED, Allowed),
             (MORE_V6_MEMBER, UNGUARDED, Allowed),
         ],
@@ -127,7 +198,11 @@ fn processes_outside_the_cgroup_are_not_guarded() {
     g.attach(&mh.cgroup);
     for addr in ["127.0.0.1", "::1", HOST_V4, MORE_V4_MEMBER, MORE_V6_MEMBER] {
         // Contrast: refused inside, allowed outside, same netns, same moment.
-        assert_eq!(mh.connect(addr, SMTP), REFUSED, "inside the cgroup: {addr}");
+        assert_eq!(
+            mh.connect(addr, SMTP),
+            g.refused(),
+            "inside the cgroup: {addr}"
+        );
         assert_eq!(
             mh.connect_outside(addr, SMTP),
             Allowed,
@@ -158,7 +233,7 @@ fn tcp_fast_open_is_refused() {
     for addr in targets {
         assert_eq!(
             mh.probe("tfo", addr, SMTP),
-            REFUSED,
+            g.refused(),
             "TFO after attach: {addr}"
         );
     }
@@ -176,7 +251,7 @@ fn child_processes_are_refused() {
     scene::write_control(&g);
     g.attach(&mh.cgroup);
     for addr in ["127.0.0.1", "::1", HOST_V6, MORE_V4_MEMBER, MORE_V6_MEMBER] {
-        assert_eq!(mh.probe("child-connect", addr, SMTP), REFUSED, "{addr}");
+        assert_eq!(mh.probe("child-connect", addr, SMTP), g.refused(), "{addr}");
     }
     for addr in [OTHER_V4, OTHER_V6, NOTIPME_V6] {
         assert_eq!(mh.probe("child-connect", addr, SMTP), Allowed, "{addr}");
@@ -206,9 +281,9 @@ fn loader_exit_leaves_the_guard_in_force() {
     );
     mh.assert_connects(
         &[
-            ("127.0.0.1", SMTP, REFUSED),
-            (HOST_V4, SMTP, REFUSED),
-            (MORE_V6_MEMBER, SMTP, REFUSED),
+            ("127.0.0.1", SMTP, g.refused()),
+            (HOST_V4, SMTP, g.refused()),
+            (MORE_V6_MEMBER, SMTP, g.refused()),
             (OTHER_V4, SMTP, Allowed),
         ],
         "after the loader exited",
@@ -232,7 +307,7 @@ fn detach_allows_everything_again() {
             MORE_V6_MEMBER,
         ])
         .collect();
-    let refused: Vec<_> = me.iter().map(|&a| (a, SMTP, REFUSED)).collect();
+    let refused: Vec<_> = me.iter().map(|&a| (a, SMTP, g.refused())).collect();
     mh.assert_connects(&refused, "after attach");
 
     let out = g.detach(&mh.cgroup);
@@ -259,13 +334,13 @@ fn longest_prefix_wins_and_notipme_wins_ties() {
     g.attach(&mh.cgroup);
     mh.assert_connects(
         &[
-            ("203.0.113.100", SMTP, REFUSED), // moreipme /24 only
-            ("203.0.113.200", SMTP, Allowed), // notipme /25 is longer than moreipme /24
-            ("203.0.113.7", SMTP, Allowed),   // /32 in both files: notipme wins the tie
-            ("198.51.100.50", SMTP, REFUSED), // moreipme /32 inside notipme /24
-            ("198.51.100.7", SMTP, Allowed),  // notipme /24 only
-            (HOST_V4, SMTP, Allowed),         // interface /32 vs notipme /32: a tie too
-            (HOST_V6, SMTP, REFUSED),         // the other interface address is untouched
+            ("203.0.113.100", SMTP, g.refused()), // moreipme /24 only
+            ("203.0.113.200", SMTP, Allowed),     // notipme /25 is longer than moreipme /24
+            ("203.0.113.7", SMTP, Allowed),       // /32 in both files: notipme wins the tie
+            ("198.51.100.50", SMTP, g.refused()), // moreipme /32 inside notipme /24
+            ("198.51.100.7", SMTP, Allowed),      // notipme /24 only
+            (HOST_V4, SMTP, Allowed),             // interface /32 vs notipme /32: a tie too
+            (HOST_V6, SMTP, g.refused()),         // the other interface address is untouched
         ],
         "after attach, overlapping moreipme/notipme",
     );
@@ -298,7 +373,7 @@ fn local_route_prefixes_are_refused() {
     );
 
     g.attach(&mh.cgroup);
-    let mut expected: Vec<_> = targets.iter().map(|&a| (a, SMTP, REFUSED)).collect();
+    let mut expected: Vec<_> = targets.iter().map(|&a| (a, SMTP, g.refused())).collect();
     // Just outside the local prefix: an ordinary remote (the peer has it).
     expected.push((OTHER_V4, SMTP, Allowed));
     mh.assert_connects(&expected, "after attach, local routes");

@@ -510,7 +510,7 @@ fn status_shows_the_last_refusal_and_json_is_one_document_in_every_state() {
         "{text}"
     );
     assert!(text.contains("attached since: "), "{text}");
-    assert!(text.contains("(this binary's programs)"), "{text}");
+    assert!(text.contains("variant; this binary's programs)"), "{text}");
 
     // With a daemon, before any refusal it saw (the one above was before it started).
     let mut d = Daemon::start(&g, mh.cgroup.path(), &[]);

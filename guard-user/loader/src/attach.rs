@@ -3,7 +3,7 @@ use std::{borrow::Borrow, collections::BTreeSet, fs::File, path::PathBuf};
 
 use aya::programs::{CgroupAttachMode, links::FdLink, links::PinnedLink};
 
-use super::{GuardError, GuardMaps, Hook, PinDir, SyncReport, limits, object};
+use super::{GuardError, GuardMaps, Hook, PinDir, Refusal, SyncReport, limits, object};
 use crate::object::Upgrade;
 use ipme::IpmeSet;
 
@@ -18,6 +18,9 @@ pub struct AttachReport {
     pub sync: SyncReport,
     /// Some when this binary's programs replaced different pinned ones.
     pub upgrade: Option<Upgrade>,
+    /// How the attached programs refuse (EPERM on kernels without bpf_set_retval for them).
+    #[serde(serialize_with = "super::status::refusal_name")]
+    pub refusal: Refusal,
 }
 
 /// Loads (or reuses) the programs and maps, fills the maps, attaches both hooks to `cgroup`
@@ -102,7 +105,12 @@ fn attach_inner(
 ) -> Result<AttachReport, GuardError> {
     // Maps are filled before the first attach, so the guard is complete the moment it applies.
     let installed = object::install(pins, set, ports)?;
-    let (programs, sync, upgrade) = (installed.programs, installed.sync, installed.upgrade);
+    let (programs, sync, upgrade, refusal) = (
+        installed.programs,
+        installed.sync,
+        installed.upgrade,
+        installed.refusal,
+    );
     let cg = File::open(&cgroup.path)
         .map_err(|e| GuardError::Attach(cgroup.path.clone(), e.to_string()))?;
     let mut report = AttachReport {
@@ -110,6 +118,7 @@ fn attach_inner(
         already: Vec::new(),
         sync,
         upgrade,
+        refusal,
     };
     for (hook, mut prog) in programs {
         let path = pins.link(cgroup.id, hook);
@@ -152,6 +161,8 @@ pub fn prepare(
 pub struct Prepared {
     pub sync: SyncReport,
     pub upgrade: Option<Upgrade>,
+    /// How the pinned programs refuse.
+    pub refusal: Refusal,
 }
 
 impl std::ops::Deref for Prepared {
@@ -181,6 +192,7 @@ pub fn prepare_with<S: Borrow<IpmeSet>>(
         Ok(Prepared {
             sync: installed.sync,
             upgrade: installed.upgrade,
+            refusal: installed.refusal,
         })
     })();
     if result.is_err() {

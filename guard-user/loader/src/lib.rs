@@ -10,6 +10,7 @@ pub mod maps;
 pub mod object;
 pub mod pins;
 pub mod privilege;
+pub mod refusal;
 pub mod state;
 pub mod status;
 pub mod sys;
@@ -22,6 +23,7 @@ pub use attach::{
 };
 pub use maps::{GuardMaps, SyncReport};
 pub use pins::{DEFAULT_PIN_DIR, Hook, PinDir, PinLock};
+pub use refusal::Refusal;
 pub use status::{Status, status};
 
 /// Why a guard operation failed. The message says what failed and names the object (the map,

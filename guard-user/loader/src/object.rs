@@ -11,7 +11,9 @@ use guard_common::{
 };
 use ipme::IpmeSet;
 
-use super::{GuardError, GuardMaps, Hook, PinDir, SyncReport};
+use super::{
+    GuardError, GuardMaps, Hook, PinDir, Refusal, SyncReport, refusal::set_retval_missing,
+};
 use crate::maps::{standby_path, trie_index};
 
 /// Built by guard-loader's build.rs with aya-build.
@@ -28,11 +30,16 @@ fn load_err(e: impl std::fmt::Display) -> GuardError {
 }
 
 /// What `install` found and did to the programs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Upgrade {
     /// Tag of the program that was pinned before (connect4), if any.
     pub from_tag: Option<String>,
     pub to_tag: String,
+    /// The variant of the programs pinned before (None: not a guard program this binary knows).
+    #[serde(serialize_with = "crate::status::optional_refusal_name")]
+    pub from_refusal: Option<Refusal>,
+    #[serde(serialize_with = "crate::status::refusal_name")]
+    pub to_refusal: Refusal,
     /// Links switched to the new programs in place.
     pub links: usize,
     /// Whether the pins had the layout of an earlier qmail-guard and were migrated.
@@ -45,6 +52,8 @@ pub struct Installed {
     pub sync: SyncReport,
     /// Some when the pinned programs were replaced by this binary's.
     pub upgrade: Option<Upgrade>,
+    /// How the pinned programs refuse.
+    pub refusal: Refusal,
 }
 
 /// How the pin directory is laid out.
@@ -71,6 +80,18 @@ pub fn tag_hex(tag: u64) -> String {
     format!("{tag:016x}")
 }
 
+impl Upgrade {
+    /// The variants, for a log line: "EPERM", or "ELOOP → EPERM" when the variant changed.
+    pub fn variants(&self) -> String {
+        match self.from_refusal {
+            Some(from) if from != self.to_refusal => {
+                format!("{} → {}", from.name(), self.to_refusal.name())
+            }
+            _ => self.to_refusal.name().to_string(),
+        }
+    }
+}
+
 /// The tag of the program pinned for `hook`, if any.
 pub fn pinned_tag(pins: &PinDir, hook: Hook) -> Option<u64> {
     aya::programs::ProgramInfo::from_pin(pins.prog(hook))
@@ -78,14 +99,49 @@ pub fn pinned_tag(pins: &PinDir, hook: Hook) -> Option<u64> {
         .map(|i| i.tag())
 }
 
-fn load_program(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut CgroupSockAddr, GuardError> {
-    let prog: &mut CgroupSockAddr = ebpf
-        .program_mut(hook.name())
-        .ok_or(GuardError::MissingProgram(hook.name()))?
-        .try_into()
-        .map_err(|e: ProgramError| load_err(e))?;
-    prog.load().map_err(load_err)?;
-    Ok(prog)
+/// Loads the programs of the variant this kernel accepts: the ELOOP pair where cgroup programs
+/// may call `bpf_set_retval` (5.18 and later), else the EPERM pair. Any other load failure is
+/// reported as it is. Returns the variant and its programs' tags in `Hook::ALL` order.
+fn load_programs(ebpf: &mut Ebpf) -> Result<(Refusal, Vec<u64>), GuardError> {
+    match load_variant(ebpf, Refusal::Eloop) {
+        Err(VariantError::Load(text)) if set_retval_missing(&text) => {
+            let tags = load_variant(ebpf, Refusal::Eperm).map_err(VariantError::into_guard)?;
+            Ok((Refusal::Eperm, tags))
+        }
+        r => Ok((Refusal::Eloop, r.map_err(VariantError::into_guard)?)),
+    }
+}
+
+enum VariantError {
+    /// The full text, verifier log included, so the caller can tell why.
+    Load(String),
+    Other(GuardError),
+}
+
+impl VariantError {
+    fn into_guard(self) -> GuardError {
+        match self {
+            VariantError::Load(text) => load_err(text),
+            VariantError::Other(e) => e,
+        }
+    }
+}
+
+/// Loads both programs of one variant (unpinned); their tags in `Hook::ALL` order.
+fn load_variant(ebpf: &mut Ebpf, refusal: Refusal) -> Result<Vec<u64>, VariantError> {
+    let mut tags = Vec::new();
+    for hook in Hook::ALL {
+        let name = refusal.program(hook);
+        let prog: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or(VariantError::Other(GuardError::MissingProgram(name)))?
+            .try_into()
+            .map_err(|e: ProgramError| VariantError::Load(e.to_string()))?;
+        prog.load().map_err(|e| VariantError::Load(e.to_string()))?;
+        let info = prog.info().map_err(|e| VariantError::Other(load_err(e)))?;
+        tags.push(info.tag());
+    }
+    Ok(tags)
 }
 
 /// Makes the pinned programs this binary's and the maps hold `set` and `ports`; the caller
@@ -130,15 +186,9 @@ pub fn install(
         loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf: Ebpf = loader.load(EBPF_OBJECT).map_err(load_err)?;
-    let mut tags = Vec::new();
-    for hook in Hook::ALL {
-        tags.push(
-            load_program(&mut ebpf, hook)?
-                .info()
-                .map_err(load_err)?
-                .tag(),
-        );
-    }
+    // The variant this kernel accepts is the one to compare with: a binary on 5.10 must not
+    // "upgrade" its own EPERM programs to ELOOP ones it cannot load, nor the reverse.
+    let (refusal, tags) = load_programs(&mut ebpf)?;
     let pinned: Vec<Option<u64>> = Hook::ALL.iter().map(|h| pinned_tag(pins, *h)).collect();
     let same =
         layout == Layout::Generations && pinned.iter().zip(&tags).all(|(p, t)| *p == Some(*t));
@@ -154,6 +204,7 @@ pub fn install(
             programs: pinned_programs(pins)?,
             sync,
             upgrade: None,
+            refusal,
         });
     }
 
@@ -164,10 +215,11 @@ pub fn install(
     }
     let sync = maps.sync(set)?;
     maps.pin_all(pins)?;
+    let from_refusal = Refusal::of_pinned(pins).ok();
     let links = pins.pinned_links();
     let mut switched = 0;
     for hook in Hook::ALL {
-        let prog = program(&mut ebpf, hook)?;
+        let prog = program(&mut ebpf, refusal.program(hook))?;
         let fd = prog.fd().map_err(load_err)?;
         for (_, _, path) in links.iter().filter(|(_, h, _)| *h == hook) {
             super::sys::link_update(path, fd.as_fd())
@@ -185,6 +237,8 @@ pub fn install(
     let upgrade = pinned[0].map(|from| Upgrade {
         from_tag: Some(tag_hex(from)),
         to_tag: tag_hex(tags[0]),
+        from_refusal,
+        to_refusal: refusal,
         links: switched,
         migrated: layout == Layout::Old,
     });
@@ -192,12 +246,16 @@ pub fn install(
         programs: pinned_programs(pins)?,
         sync,
         upgrade,
+        refusal,
     })
 }
 
-fn program(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut CgroupSockAddr, GuardError> {
-    ebpf.program_mut(hook.name())
-        .ok_or(GuardError::MissingProgram(hook.name()))?
+fn program<'e>(
+    ebpf: &'e mut Ebpf,
+    name: &'static str,
+) -> Result<&'e mut CgroupSockAddr, GuardError> {
+    ebpf.program_mut(name)
+        .ok_or(GuardError::MissingProgram(name))?
         .try_into()
         .map_err(|e: ProgramError| load_err(e))
 }
@@ -214,23 +272,13 @@ pub fn pinned_programs(pins: &PinDir) -> Result<Vec<(Hook, CgroupSockAddr)>, Gua
         .collect()
 }
 
-/// Tags (the kernel's hash of the instructions) of this binary's own programs, loaded without
-/// pinning or attaching and freed again: equal to the pinned programs' tags when those came
-/// from this build.
-pub fn embedded_tags() -> Result<Vec<(Hook, u64)>, GuardError> {
+/// The variant this kernel accepts and the tags (the kernel's hash of the instructions) of
+/// this binary's programs of that variant, loaded without pinning or attaching and freed
+/// again: equal to the pinned programs' tags when those came from this build on this kernel.
+pub fn embedded_tags() -> Result<(Refusal, Vec<(Hook, u64)>), GuardError> {
     let mut ebpf: Ebpf = EbpfLoader::new().load(EBPF_OBJECT).map_err(load_err)?;
-    Hook::ALL
-        .into_iter()
-        .map(|hook| {
-            let prog: &mut CgroupSockAddr = ebpf
-                .program_mut(hook.name())
-                .ok_or(GuardError::MissingProgram(hook.name()))?
-                .try_into()
-                .map_err(|e: ProgramError| load_err(e))?;
-            prog.load().map_err(load_err)?;
-            Ok((hook, prog.info().map_err(load_err)?.tag()))
-        })
-        .collect()
+    let (refusal, tags) = load_programs(&mut ebpf)?;
+    Ok((refusal, Hook::ALL.into_iter().zip(tags).collect()))
 }
 
 fn attach_type(hook: Hook) -> aya::programs::CgroupSockAddrAttachType {

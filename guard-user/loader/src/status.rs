@@ -8,7 +8,7 @@ use aya::programs::{
 use serde::Serialize;
 
 use super::{
-    GuardError, GuardMaps, PinDir,
+    GuardError, GuardMaps, PinDir, Refusal,
     state::{self, LastRefusal, LastSync},
 };
 use crate::cgroup::Cgroup;
@@ -34,10 +34,21 @@ pub struct Status {
     pub pin_dir: String,
     /// Tag (the kernel's hash of the instructions, hex) of each pinned program.
     pub program_tags: BTreeMap<&'static str, String>,
-    /// Whether the pinned programs are this binary's own (None: could not tell).
+    /// Whether the pinned programs are this binary's own (None: could not tell): the variant
+    /// this binary loads on this kernel, compared by tag.
     pub program_matches_binary: Option<bool>,
-    /// Tags of this binary's own programs (empty if they could not be loaded for comparison).
+    /// Tags of this binary's own programs (empty if they could not be loaded for comparison):
+    /// the variant it loads on this kernel.
     pub binary_program_tags: BTreeMap<&'static str, String>,
+    /// How the pinned programs refuse: "ELOOP", or "EPERM" on kernels without bpf_set_retval
+    /// for cgroup programs (< 5.18).
+    #[serde(serialize_with = "refusal_name")]
+    pub refusal: Refusal,
+    /// The errno a refused connect(2) fails with (40 or 1).
+    pub refusal_errno: i32,
+    /// The variant this binary loads on this kernel (None: could not tell).
+    #[serde(serialize_with = "optional_refusal_name")]
+    pub binary_refusal: Option<Refusal>,
     /// The generation of the set in force (it moves by one with every change of the set).
     pub generation: u32,
     pub attachments: Vec<Attachment>,
@@ -105,6 +116,7 @@ pub fn status(pins: &PinDir) -> Result<Status, GuardError> {
             }
         })
         .collect();
+    let refusal = Refusal::of_pinned(pins)?;
     let st = state::load(pins);
     let daemon = st.daemon.map(|d| DaemonStatus {
         pid: d.pid,
@@ -117,13 +129,15 @@ pub fn status(pins: &PinDir) -> Result<Status, GuardError> {
         .into_iter()
         .map(|h| (h, ProgramInfo::from_pin(pins.prog(h)).ok().map(|i| i.tag())))
         .collect();
+    // This binary's programs of the variant it would load here, so a 5.10 host compares its
+    // EPERM programs with EPERM programs.
     let own = crate::object::embedded_tags().ok();
     let program_matches_binary = own
         .as_ref()
-        .map(|own| own.iter().all(|(h, t)| pinned.contains(&(*h, Some(*t)))));
+        .map(|(_, tags)| tags.iter().all(|(h, t)| pinned.contains(&(*h, Some(*t)))));
     let binary_program_tags = own
         .iter()
-        .flatten()
+        .flat_map(|(_, tags)| tags)
         .map(|(h, t)| (h.name(), crate::object::tag_hex(*t)))
         .collect();
     Ok(Status {
@@ -144,6 +158,9 @@ pub fn status(pins: &PinDir) -> Result<Status, GuardError> {
         daemon,
         pin_dir: pins.root.display().to_string(),
         generation: maps.generation()?,
+        refusal,
+        refusal_errno: refusal.errno(),
+        binary_refusal: own.as_ref().map(|(r, _)| *r),
         attachments,
         ports: maps.ports()?.into_iter().collect(),
         entries_v4: v4.len(),
@@ -158,6 +175,12 @@ pub fn status(pins: &PinDir) -> Result<Status, GuardError> {
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "pin directory: {}", self.pin_dir)?;
+        writeln!(
+            f,
+            "refusal:       {} ({})",
+            self.refusal.name(),
+            self.refusal.meaning()
+        )?;
         if self.attachments.is_empty() {
             writeln!(f, "attachments:   none")?;
         }
@@ -185,15 +208,25 @@ impl std::fmt::Display for Status {
             .iter()
             .map(|(h, t)| format!("{h} {t}"))
             .collect();
-        let matches = match self.program_matches_binary {
-            Some(true) => "this binary's programs".to_string(),
-            Some(false) => format!(
+        let matches = match (self.program_matches_binary, self.binary_refusal) {
+            (Some(true), _) => "this binary's programs".to_string(),
+            (Some(false), Some(b)) if b != self.refusal => format!(
+                "NOT this binary's programs ({}): it loads the {} variant on this kernel; `attach` with this binary replaces them in place",
+                own.join(", "),
+                b.name()
+            ),
+            (Some(false), _) => format!(
                 "NOT this binary's programs ({}): loaded by another build; `attach` with this binary replaces them in place",
                 own.join(", ")
             ),
-            None => "cannot tell whether they are this binary's".to_string(),
+            (None, _) => "cannot tell whether they are this binary's".to_string(),
         };
-        writeln!(f, "program tags:  {} ({matches})", tags.join(", "))?;
+        writeln!(
+            f,
+            "program tags:  {} ({} variant; {matches})",
+            tags.join(", "),
+            self.refusal.name()
+        )?;
         let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
         writeln!(f, "guarded ports: {}", ports.join(" "))?;
         writeln!(
@@ -277,6 +310,22 @@ pub fn last_refusal(r: Option<&LastRefusal>, daemon: bool) -> String {
 fn pin_time(path: &std::path::Path) -> Option<u64> {
     let t = std::fs::metadata(path).ok()?.modified().ok()?;
     Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs())
+}
+
+/// Serialises a refusal as its errno name.
+pub(crate) fn refusal_name<S: serde::Serializer>(r: &Refusal, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(r.name())
+}
+
+/// Serialises an optional refusal as its errno name or null.
+pub(crate) fn optional_refusal_name<S: serde::Serializer>(
+    r: &Option<Refusal>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match r {
+        Some(r) => s.serialize_str(r.name()),
+        None => s.serialize_none(),
+    }
 }
 
 fn when(unix: u64) -> String {

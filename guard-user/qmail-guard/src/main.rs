@@ -71,9 +71,10 @@ fn run(command: Command) -> Result<ExitCode> {
             let _ = state::record_sync(&pins, "attach", &r.sync);
             if let Some(u) = &r.upgrade {
                 println!(
-                    "qmail-guard: replaced the running programs in place (tag {} → {}) on {} link(s){}",
+                    "qmail-guard: replaced the running programs in place (tag {} → {}, {} variant) on {} link(s){}",
                     u.from_tag.as_deref().unwrap_or("?"),
                     u.to_tag,
+                    u.variants(),
                     u.links,
                     if u.migrated {
                         ", maps migrated to generations"
@@ -115,6 +116,11 @@ fn run(command: Command) -> Result<ExitCode> {
                     cg.path.display()
                 );
             }
+            println!(
+                "qmail-guard: refusing with {}: {}",
+                r.refusal.name(),
+                r.refusal.meaning()
+            );
         }
         Command::Detach {
             target: DetachTarget { cgroup, unit, all },

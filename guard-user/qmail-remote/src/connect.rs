@@ -17,6 +17,10 @@ pub enum ConnectError {
     /// The qmail-guard kernel hook refused the address (it is this host): perm_ambigmx.
     #[error("connect refused by qmail-guard (ELOOP): the address is this host")]
     Guard,
+    /// EPERM: qmail-guard on a kernel without bpf_set_retval (< 5.18), or a local firewall;
+    /// the errno alone cannot tell which.
+    #[error("connect not permitted (EPERM): qmail-guard on an older kernel, or a firewall")]
+    NotPermitted,
     /// The socket could not be created.
     #[error("cannot create socket")]
     Socket(#[source] io::Error),
@@ -64,8 +68,10 @@ pub fn wait(fd: RawFd, events: libc::c_short, timeout_ms: i32) -> io::Result<boo
 }
 
 fn failed(e: io::Error) -> ConnectError {
-    if e.raw_os_error() == Some(libc::ELOOP) {
-        return ConnectError::Guard;
+    match e.raw_os_error() {
+        Some(libc::ELOOP) => return ConnectError::Guard,
+        Some(libc::EPERM) => return ConnectError::NotPermitted,
+        _ => {}
     }
     ConnectError::Failed {
         timeout: e.raw_os_error() == Some(libc::ETIMEDOUT),

@@ -46,7 +46,7 @@ fn deliver(
         .or_else(|| ctl.routes.route(&args.host));
     // Relays skip the loop rule (stock prefme 300000), so the ipme set is only needed without
     // one.
-    let ipme = match relay {
+    let mut ipme = match relay {
         Some(_) => None,
         None => Some(IpmeSet::load(Path::new(".")).map_err(|e| ipme_failure(&e))?),
     };
@@ -121,6 +121,18 @@ fn deliver(
             }
             // the kernel guard says this address is us: stock's loop rule, applied now
             Err(ConnectError::Guard) => late.found(c),
+            // The guard on a kernel that cannot say ELOOP, or a firewall: this host only if the
+            // address is in our own ipme set (relays load it now); else the temporary path.
+            Err(ConnectError::NotPermitted) => {
+                if ipme.is_none() {
+                    ipme = Some(IpmeSet::load(Path::new(".")).map_err(|e| ipme_failure(&e))?);
+                }
+                if ipme.as_ref().is_some_and(|s| s.is_me(c.ip)) {
+                    late.found(c);
+                } else {
+                    tcpto.record(&c.ip, false);
+                }
+            }
             Err(ConnectError::Socket(_)) if c.ip.is_ipv4() => return Err(Report::TempOserr),
             // no IPv6 sockets on this host: the address is unusable, try the next
             Err(ConnectError::Socket(_)) => {}

@@ -272,7 +272,8 @@ impl Metrics {
         let stats = maps.as_ref().and_then(|m| m.stats().ok());
         let own = self
             .own_tags
-            .get_or_insert_with(|| object::embedded_tags().ok());
+            // The variant this binary loads on this kernel (EPERM before 5.18), as `status`.
+            .get_or_insert_with(|| object::embedded_tags().ok().map(|(_, tags)| tags));
         let programs = Hook::ALL
             .into_iter()
             .filter_map(|h| {

@@ -305,10 +305,18 @@ impl Daemon {
         );
         if let Some(u) = &report.upgrade {
             info!(
-                "replaced the running programs in place (tag {} → {}) on {} link(s)",
+                "replaced the running programs in place (tag {} → {}, {} variant) on {} link(s)",
                 u.from_tag.as_deref().unwrap_or("?"),
                 u.to_tag,
+                u.variants(),
                 u.links
+            );
+        }
+        if report.refusal == guard::Refusal::Eperm {
+            info!(
+                "refusing with {}: {}; refusals are counted (status) but not logged",
+                report.refusal.name(),
+                report.refusal.meaning()
             );
         }
         daemon.state.record_sync(&report);
@@ -671,6 +679,14 @@ impl Daemon {
         // What the replaced programs logged before the switch is still in their ring.
         if let Some(old) = self.sources.log.as_mut() {
             old.finish();
+        }
+        // The EPERM programs write no log records (said once at start).
+        if matches!(
+            guard::Refusal::of_pinned(&self.pins),
+            Ok(guard::Refusal::Eperm)
+        ) {
+            self.sources.log = None;
+            return;
         }
         // Both programs of one load share one ring buffer, so one reader covers both.
         match RefusalLog::open(id, &self.pins, self.config.log_rate) {
