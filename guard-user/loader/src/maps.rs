@@ -98,21 +98,40 @@ pub fn trie_index(path: &std::path::Path, names: &[&str; 2]) -> Result<usize, Gu
         .ok_or_else(|| GuardError::Layout(path.to_path_buf(), name.to_string()))
 }
 
+/// Where the two tries of one family are pinned, by index. Normally the documented name and
+/// the standby name; after a writer killed in the middle of re-pinning without
+/// RENAME_EXCHANGE (bpffs before Linux 5.15) both names may hold the same trie and the other
+/// is under a temporary name: found there, and the next writer puts the names right.
+pub fn trie_pins(
+    pins: &PinDir,
+    name: &str,
+    names: &[&str; 2],
+) -> Result<[std::path::PathBuf; 2], GuardError> {
+    let main = pins.map(name);
+    let standby = standby_path(pins, name);
+    let i = trie_index(&main, names)?;
+    let other = [
+        standby.clone(),
+        crate::pins::temporary(&standby),
+        crate::pins::temporary(&main),
+    ]
+    .into_iter()
+    .find(|p| p.exists() && trie_index(p, names).is_ok_and(|j| j != i));
+    match other {
+        Some(o) if i == 0 => Ok([main, o]),
+        Some(o) => Ok([o, main]),
+        None => Err(GuardError::Layout(standby, names[i].to_string())),
+    }
+}
+
 /// Opens the two tries of one family from their pins, by index.
 fn tries<T: TryFrom<Map, Error = aya::maps::MapError>>(
     pins: &PinDir,
     name: &str,
     names: &[&str; 2],
 ) -> Result<[T; 2], GuardError> {
-    let main = pins.map(name);
-    let standby = standby_path(pins, name);
-    let i = trie_index(&main, names)?;
-    let j = trie_index(&standby, names)?;
-    if i == j {
-        return Err(GuardError::Layout(standby, names[j].to_string()));
-    }
-    let (m, s) = (typed_path(&main)?, typed_path(&standby)?);
-    Ok(if i == 0 { [m, s] } else { [s, m] })
+    let [p0, p1] = trie_pins(pins, name, names)?;
+    Ok([typed_path(&p0)?, typed_path(&p1)?])
 }
 
 fn take<T: TryFrom<Map, Error = aya::maps::MapError>>(
@@ -236,15 +255,63 @@ impl GuardMaps {
             return Ok(());
         };
         let a = self.active()?;
-        for (name, names) in [
-            (MAP_IPME_V4, &MAP_IPME_V4_TRIES),
-            (MAP_IPME_V6, &MAP_IPME_V6_TRIES),
-        ] {
-            let main = pins.map(name);
-            if trie_index(&main, names)? != a {
-                swap_pins(&main, &standby_path(pins, name))?;
+        self.place_pins(
+            pins,
+            MAP_IPME_V4,
+            &MAP_IPME_V4_TRIES,
+            [self.v4[0].map(), self.v4[1].map()],
+            a,
+        )?;
+        self.place_pins(
+            pins,
+            MAP_IPME_V6,
+            &MAP_IPME_V6_TRIES,
+            [self.v6[0].map(), self.v6[1].map()],
+            a,
+        )
+    }
+
+    /// Pins trie `active` of one family under its documented name and the other under the
+    /// standby name, if they are not there already. Both names exist at every instant: one
+    /// RENAME_EXCHANGE, or where bpffs lacks it (before Linux 5.15) each trie pinned under a
+    /// temporary name and renamed over its place (the documented name first).
+    fn place_pins(
+        &self,
+        pins: &PinDir,
+        name: &str,
+        names: &[&str; 2],
+        tries: [&MapData; 2],
+        active: usize,
+    ) -> Result<(), GuardError> {
+        let main = pins.map(name);
+        let standby = standby_path(pins, name);
+        let at = |p: &std::path::Path| trie_index(p, names).ok();
+        let (m, s) = (at(&main), at(&standby));
+        if m == Some(active) && s == Some(1 - active) {
+            return Ok(());
+        }
+        if m == Some(1 - active) && s == Some(active) {
+            match sys::rename_exchange(&main, &standby) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(e) => return Err(GuardError::PinIo(main, e)),
             }
         }
+        // Both temporaries first, so a writer killed between the renames leaves the other
+        // trie findable (see trie_pins).
+        let tmp_main = crate::pins::temporary(&main);
+        let tmp_standby = crate::pins::temporary(&standby);
+        for (data, tmp) in [
+            (tries[1 - active], &tmp_standby),
+            (tries[active], &tmp_main),
+        ] {
+            let _ = std::fs::remove_file(tmp);
+            data.pin(tmp).map_err(|e| {
+                GuardError::PinIo(tmp.clone(), std::io::Error::other(e.to_string()))
+            })?;
+        }
+        std::fs::rename(&tmp_main, &main).map_err(|e| GuardError::PinIo(main.clone(), e))?;
+        std::fs::rename(&tmp_standby, &standby).map_err(|e| GuardError::PinIo(standby, e))?;
         Ok(())
     }
 
@@ -391,12 +458,7 @@ impl Writer for GuardMaps {
             .map_err(map_error(MAP_IPME_GEN))?;
         // The documented pin names follow the set in force. Only names: a failure here leaves
         // the guard correct, and the next writer renames again.
-        if let Some(pins) = &self.pins {
-            for name in [MAP_IPME_V4, MAP_IPME_V6] {
-                swap_pins(&pins.map(name), &standby_path(pins, name))?;
-            }
-        }
-        Ok(())
+        self.fix_pins()
     }
 
     /// Stored as generation + 1, so 0 (a fresh map) means "not known to be equal".
@@ -416,9 +478,4 @@ impl Writer for GuardMaps {
             None => Ok(()),
         }
     }
-}
-
-/// Exchanges two pin names atomically (both names exist throughout).
-fn swap_pins(a: &std::path::Path, b: &std::path::Path) -> Result<(), GuardError> {
-    sys::rename_exchange(a, b).map_err(|e| GuardError::PinIo(a.to_path_buf(), e))
 }

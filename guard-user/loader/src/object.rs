@@ -14,7 +14,7 @@ use ipme::IpmeSet;
 use super::{
     GuardError, GuardMaps, Hook, PinDir, Refusal, SyncReport, refusal::set_retval_missing,
 };
-use crate::maps::{standby_path, trie_index};
+use crate::maps::trie_pins;
 
 /// Built by guard-loader's build.rs with aya-build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf"));
@@ -158,6 +158,7 @@ pub fn install(
     set: &IpmeSet,
     ports: Option<&BTreeSet<u16>>,
 ) -> Result<Installed, GuardError> {
+    crate::sys::raise_memlock();
     let layout = layout(pins);
     let mut loader = EbpfLoader::new();
     let mut reused: Vec<(&str, PathBuf)> = Vec::new();
@@ -168,8 +169,8 @@ pub fn install(
                 (MAP_IPME_V4, &MAP_IPME_V4_TRIES),
                 (MAP_IPME_V6, &MAP_IPME_V6_TRIES),
             ] {
-                for path in [pins.map(name), standby_path(pins, name)] {
-                    reused.push((names[trie_index(&path, names)?], path));
+                for (i, path) in trie_pins(pins, name, names)?.into_iter().enumerate() {
+                    reused.push((names[i], path));
                 }
             }
             reused.push((MAP_PORTS, pins.map(MAP_PORTS)));
@@ -276,6 +277,7 @@ pub fn pinned_programs(pins: &PinDir) -> Result<Vec<(Hook, CgroupSockAddr)>, Gua
 /// this binary's programs of that variant, loaded without pinning or attaching and freed
 /// again: equal to the pinned programs' tags when those came from this build on this kernel.
 pub fn embedded_tags() -> Result<(Refusal, Vec<(Hook, u64)>), GuardError> {
+    crate::sys::raise_memlock();
     let mut ebpf: Ebpf = EbpfLoader::new().load(EBPF_OBJECT).map_err(load_err)?;
     let (refusal, tags) = load_programs(&mut ebpf)?;
     Ok((refusal, Hook::ALL.into_iter().zip(tags).collect()))

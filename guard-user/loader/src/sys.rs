@@ -149,6 +149,20 @@ fn map_create(map_type: u32, inner_map_fd: Option<&OwnedFd>, name: &[u8]) -> io:
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// Lifts RLIMIT_MEMLOCK for this process. Before Linux 5.11 every BPF map is charged to the
+/// user's locked memory (all of root's maps together) and creating one beyond the limit fails
+/// with EPERM; Debian 11's systemd leaves services at the kernel's 64 KiB. Later kernels
+/// charge the memory cgroup instead and ignore the limit. A failure (no CAP_SYS_RESOURCE) is
+/// left to show in the map creation that needed it.
+pub fn raise_memlock() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit for the duration of the call.
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}
+
 /// Waits until every BPF program run that started before the call has finished.
 ///
 /// cgroup programs run inside an RCU read-side section, and updating an array of maps with a
@@ -163,6 +177,7 @@ pub struct RcuBarrier {
 
 impl RcuBarrier {
     pub fn new() -> io::Result<Self> {
+        raise_memlock();
         let inner = map_create(BPF_MAP_TYPE_ARRAY as u32, None, b"qg_barrier_in")?;
         let outer = map_create(
             BPF_MAP_TYPE_ARRAY_OF_MAPS as u32,
