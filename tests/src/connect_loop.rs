@@ -18,6 +18,25 @@ pub struct LoopCounts {
     pub other_failed: u64,
 }
 
+impl LoopCounts {
+    /// The guard's two invariants over a loop run (`what` names the run): no connect to the
+    /// "me" address got through, none to the "not me" address was refused, and the loop ran.
+    pub fn assert_guarded(&self, what: &str) {
+        assert_eq!(
+            self.me_not_refused, 0,
+            "{what}: connects to the \"me\" address that were not refused ({self:?})"
+        );
+        assert_eq!(
+            self.other_refused, 0,
+            "{what}: connects to the \"not me\" address refused ({self:?})"
+        );
+        assert!(
+            self.me_refused > 0 && self.other_ok > 0,
+            "{what}: the loop did not run ({self:?})"
+        );
+    }
+}
+
 pub struct ConnectLoop {
     child: Child,
     stdin: Option<ChildStdin>,

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use guard_tests::bpftool;
 use guard_tests::cmd;
-use guard_tests::connect_loop::{ConnectLoop, LoopCounts};
+use guard_tests::connect_loop::ConnectLoop;
 use guard_tests::daemon::{Daemon, eventually};
 use guard_tests::{Guard, MailHost, bins};
 use serde_json::Value;
@@ -98,21 +98,6 @@ fn runs_only_programs_of(g: &Guard, bin: &Path, cgroup: &Path) -> String {
     bpftool::prog_tag_by_id(v4[0])
 }
 
-fn assert_gap_free(c: &LoopCounts, what: &str) {
-    assert_eq!(
-        c.me_not_refused, 0,
-        "{what}: a connect to {ME}:25 got through: {c:?}"
-    );
-    assert_eq!(
-        c.other_refused, 0,
-        "{what}: a connect to {OTHER}:25 was refused: {c:?}"
-    );
-    assert!(
-        c.me_refused > 0 && c.other_ok > 0,
-        "{what}: the loop did not run: {c:?}"
-    );
-}
-
 #[test]
 fn attach_with_a_different_build_replaces_the_programs_without_a_gap() {
     let normal = bins::bin_path("qmail-guard");
@@ -139,7 +124,7 @@ fn attach_with_a_different_build_replaces_the_programs_without_a_gap() {
             out.contains("replaced the running programs in place") && out.contains("2 link(s)"),
             "{what}: attach did not report the in-place replacement: {out}"
         );
-        assert_gap_free(&c, what);
+        c.assert_guarded(what);
         let tag = runs_only_programs_of(&g, bin, mh.cgroup.path());
         assert_eq!(
             tag == old_tag,
@@ -248,7 +233,7 @@ fn pins_of_the_single_trie_layout_are_migrated_without_a_gap() {
             && out.contains("maps migrated to generations"),
         "attach did not report the migration: {out}"
     );
-    assert_gap_free(&c, "migration");
+    c.assert_guarded("migration");
     let tag = runs_only_programs_of(&g, &normal, mh.cgroup.path());
     assert_ne!(tag, old_tag);
     for m in KEPT_MAPS {
